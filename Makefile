@@ -1,0 +1,38 @@
+# mrnn-jax: install, test, train. Every target uses the project's virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= shapes
+CONFIG ?= $(DATASET)
+WORKDIR ?= runs/$(DATASET)
+# Extra config overrides for `make train`, e.g. ARGS="train.num_steps=500"
+ARGS ?=
+
+.PHONY: install test lint format train clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+install: $(BIN)/python  ## create .venv and install the package with its test tools
+	$(BIN)/pip install -e '.[dev]'
+
+test:  ## run the test suite (about 10 minutes on 2 CPU cores)
+	$(BIN)/python -m pytest -q
+
+lint:  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+train:  ## train on DATASET (default shapes) into WORKDIR; resumes if it holds a checkpoint
+	$(BIN)/mrnn train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
+
+clean:  ## remove build artefacts (not runs/)
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,16 @@
+"""mrnn-jax: the multimodal recurrent neural network (m-RNN) of Mao et al. in JAX/Flax.
+
+Quick start in a notebook::
+
+    import mrnn_jax
+    captioner = mrnn_jax.load("runs/shapes")          # best checkpoint of a run
+    print(captioner.caption_files(["image.png"]))
+"""
+
+from mrnn_jax.captioner import Captioner, load
+from mrnn_jax.errors import MrnnError
+from mrnn_jax.model import MRNN, make_model
+
+__version__ = "0.1.0"
+
+__all__ = ["MRNN", "Captioner", "MrnnError", "load", "make_model", "__version__"]

@@ -1,0 +1,106 @@
+"""A trained captioner restored from a checkpoint directory alone: ``mrnn_jax.load(path)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from mrnn_jax import checkpoint, configs, decode, metrics
+from mrnn_jax.encoders import takes_pixels
+from mrnn_jax.images import load_image
+from mrnn_jax.model import MRNN, make_model
+from mrnn_jax.vocab import Vocabulary
+
+
+@dataclasses.dataclass
+class Captioner:
+    """A model, its parameters, vocabulary and config: everything needed to caption images.
+
+    Attributes:
+      model: the :class:`MRNN` module (pure; parameters are passed to it).
+      params: the parameter pytree.
+      vocab: the vocabulary the model was trained with.
+      config: the training config.
+      step: the training step the parameters come from.
+    """
+
+    model: MRNN
+    params: dict
+    vocab: Vocabulary
+    config: ConfigDict
+    step: int
+
+    @property
+    def takes_pixels(self) -> bool:
+        """Whether image inputs are pixels (else precomputed feature vectors)."""
+        return takes_pixels(self.config.encoder)
+
+    def load_images(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+        """Image files as the model's encoder expects them: uint8 ``[N, S, S, 3]``."""
+        size = int(self.config.encoder.image_size)
+        resize = self.config.encoder.get("resize", "center_crop")
+        return np.stack([load_image(p, size, resize=resize) for p in paths])
+
+    def caption(
+        self, image_inputs: np.ndarray, max_words: int | None = None
+    ) -> list[tuple[str, float]]:
+        """Greedy caption and its log-probability for each image input (pixels or features)."""
+        max_words = max_words or self.config.eval.max_decode_words
+        tokens, log_prob = decode.greedy(
+            self.model, {"params": self.params}, np.asarray(image_inputs), max_words
+        )
+        tokens, log_prob = jax.device_get((tokens, log_prob))
+        return [
+            (" ".join(self.vocab.decode(t)), float(lp))
+            for t, lp in zip(tokens, log_prob, strict=True)
+        ]
+
+    def caption_files(
+        self, paths: Sequence[str | os.PathLike], max_words: int | None = None
+    ) -> list[tuple[str, float]]:
+        """Greedy caption and log-probability for each image file."""
+        return self.caption(self.load_images(paths), max_words)
+
+    def log_likelihood(self, image_inputs: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+        """log P(caption | image) in nats, for aligned lists of image inputs and captions."""
+        from mrnn_jax.vocab import tokenize
+
+        tokens = self.vocab.encode_batch(
+            [tokenize(c) for c in captions], self.config.dataset.max_words
+        )
+        inputs, targets, mask = metrics.shift_tokens(tokens)
+        logits = self.model.apply({"params": self.params}, np.asarray(image_inputs), inputs)
+        return -np.asarray((metrics.token_nll(logits, targets) * mask).sum(-1))
+
+
+def load(path: str | os.PathLike, which: str = "best") -> Captioner:
+    """Restores a :class:`Captioner` from a directory written by ``mrnn train``.
+
+    ``path`` is the run's work directory (``which`` = "best", the default, or "latest"), or
+    one checkpoint step's directory. Needs nothing but this package: the config and the
+    vocabulary are read from the checkpoint itself.
+    """
+    directory, step = checkpoint.find_checkpoint(os.fspath(path), which)
+    config = configs.from_json(checkpoint.read_json_item(directory, step, "config"))
+    vocab = Vocabulary.from_json(checkpoint.read_json_item(directory, step, "vocab"))
+    model = make_model(config.model, config.encoder, len(vocab))
+    image_shape = (
+        (1, config.encoder.image_size, config.encoder.image_size, 3)
+        if takes_pixels(config.encoder)
+        else (1, int(config.encoder.get("features_dim", 4096)))
+    )
+    image_dtype = np.uint8 if takes_pixels(config.encoder) else np.float32
+    abstract = jax.eval_shape(
+        lambda: model.init(
+            jax.random.PRNGKey(0),
+            np.zeros(image_shape, image_dtype),
+            np.zeros((1, 2), np.int32),
+        )["params"]
+    )
+    params = checkpoint.restore_params(directory, step, abstract)
+    return Captioner(model=model, params=params, vocab=vocab, config=config, step=step)

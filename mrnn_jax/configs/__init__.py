@@ -1,0 +1,154 @@
+"""Configs: commented Python files with ``get_config()``, overridable as ``key.path=value``."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+import json
+import os
+from collections.abc import Iterable
+
+from ml_collections import ConfigDict
+
+from mrnn_jax.errors import MrnnError
+
+BUILTIN = ("default", "shapes", "tiny")
+
+# Sections whose values fix the shape of the parameters (or the vocabulary): a checkpoint
+# cannot be resumed under a config that changes them.
+MODEL_SECTIONS = ("model", "encoder")
+MODEL_DATASET_KEYS = ("name", "min_count", "seed")
+
+
+def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ConfigDict:
+    """The config called ``name_or_path`` (built-in name or ``.py`` file) with overrides applied.
+
+    Each override is ``section.key=value``; values are Python literals or bare strings, cast to
+    the type of the value they replace. Unknown keys raise :class:`MrnnError`.
+    """
+    if name_or_path in BUILTIN:
+        module = importlib.import_module(f"mrnn_jax.configs.{name_or_path}")
+    elif name_or_path.endswith(".py") and os.path.isfile(name_or_path):
+        spec = importlib.util.spec_from_file_location("mrnn_user_config", name_or_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        raise MrnnError(
+            f"unknown config {name_or_path!r}: use one of {', '.join(BUILTIN)} or a .py file"
+        )
+    config = module.get_config()
+    apply_overrides(config, overrides)
+    return config
+
+
+def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, ConfigDict):
+            keys.extend(_all_keys(value, path + "."))
+    return keys
+
+
+def _parse_value(text: str, old: object, key: str) -> object:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a bare string such as relu
+    if isinstance(old, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise MrnnError(f"config key {key!r} takes true or false, got {text!r}")
+        return value
+    if isinstance(old, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(old, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(old, tuple | list) and isinstance(value, tuple | list):
+        return tuple(value)
+    if isinstance(old, str) and not isinstance(value, str):
+        return text
+    if old is None or type(value) is type(old):
+        return value
+    raise MrnnError(f"config key {key!r} expects {type(old).__name__}, got {text!r}")
+
+
+def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
+    """Sets ``section.key=value`` overrides on ``config`` in place; returns it."""
+    known = _all_keys(config)
+    for item in overrides:
+        if "=" not in item:
+            raise MrnnError(f"config override {item!r} is not of the form key.path=value")
+        key, text = item.split("=", 1)
+        key = key.strip().removeprefix("--").removeprefix("config.")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise MrnnError(f"unknown config key {key!r}{hint}")
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        old = node[leaf]
+        if isinstance(old, ConfigDict):
+            raise MrnnError(f"config key {key!r} is a section; set one of its keys instead")
+        node[leaf] = _parse_value(text.strip(), old, key)
+    return config
+
+
+def to_json(config: ConfigDict) -> dict:
+    """The config as plain JSON data (tuples become lists)."""
+    return json.loads(config.to_json())
+
+
+def from_json(data: dict) -> ConfigDict:
+    """A config from :func:`to_json`'s output, on top of the defaults (for old checkpoints)."""
+    config = importlib.import_module("mrnn_jax.configs.default").get_config()
+    _merge(config, data)
+    return config
+
+
+def _merge(config: ConfigDict, data: dict) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in config or not isinstance(config[key], ConfigDict):
+                config[key] = ConfigDict()
+            _merge(config[key], value)
+        else:
+            config[key] = tuple(value) if isinstance(value, list) else value
+
+
+def model_differences(saved: dict, new: dict) -> list[str]:
+    """Human-readable differences between two configs' model-shaping values."""
+    diffs = []
+    for section in MODEL_SECTIONS:
+        a, b = saved.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(
+                    f"{section}.{key}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now"
+                )
+    a, b = saved.get("dataset", {}), new.get("dataset", {})
+    for key in MODEL_DATASET_KEYS:
+        if a.get(key) != b.get(key):
+            diffs.append(f"dataset.{key}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now")
+    return diffs
+
+
+def other_differences(saved: dict, new: dict) -> list[str]:
+    """Differences in every value that does not shape the model (schedule, logging, eval)."""
+    diffs = []
+    for section in sorted(set(saved) | set(new)):
+        a, b = saved.get(section, {}), new.get(section, {})
+        if section in MODEL_SECTIONS or not isinstance(a, dict) or not isinstance(b, dict):
+            continue
+        for key in sorted(set(a) | set(b)):
+            if section == "dataset" and key in MODEL_DATASET_KEYS:
+                continue
+            if a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs

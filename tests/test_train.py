@@ -1,0 +1,213 @@
+"""Training: exact resume after SIGKILL, mesh equivalence, workdir checks, the training step."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mrnn_jax import configs
+from mrnn_jax.captioner import load
+from mrnn_jax.errors import MrnnError
+from tests.conftest import REPO, run_mrnn, run_python, subprocess_env
+
+TRAIN_ARGS = ["train", "--config", "tiny", "--no-progress", "train.num_steps=60"]
+
+
+def _params(workdir: str) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(load(workdir, "latest").params)]
+
+
+def _start(workdir: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mrnn_jax", *TRAIN_ARGS, "--workdir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
+
+
+def _saved_steps(workdir: str) -> list[int]:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def _saving_now(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(
+        ".orbax-checkpoint-tmp" in d for d in os.listdir(directory)
+    )
+
+
+def _kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> bool:
+    """SIGKILLs ``process`` as soon as ``condition()`` holds; False if it finished first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.0005)
+    process.kill()
+    raise AssertionError("training made no progress")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
+    reference = str(tmp_path / "reference")
+    result = run_mrnn(*TRAIN_ARGS, "--workdir", reference)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    workdir = str(tmp_path / "killed")
+    rng = random.Random(1234)
+    kills = 0
+    kinds = []
+    # Kill at random moments after a random number of checkpoints, and once in the middle of
+    # writing a checkpoint (an orbax temporary directory exists), then let the run finish.
+    plans = ["random", "during_save", "random", "random"]
+    for plan in plans:
+        process = _start(workdir)
+        before = max(_saved_steps(workdir), default=0)
+        if plan == "during_save":
+            condition = lambda: _saving_now(workdir)  # noqa: B023
+        else:
+            target = before + 5 * rng.randint(1, 2)
+            delay = rng.uniform(0.0, 0.3)
+            reached = {}
+
+            def condition(target=target, delay=delay, reached=reached):
+                if max(_saved_steps(workdir), default=0) >= target:
+                    reached.setdefault("at", time.time())
+                    return time.time() - reached["at"] >= delay
+                return False
+
+        if _kill_when(process, condition):
+            kills += 1
+            kinds.append(plan)
+    assert kills >= 3 and "during_save" in kinds, kinds
+
+    final = run_mrnn(*TRAIN_ARGS, "--workdir", workdir)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "resumed from" in final.stderr
+    ours, theirs = _params(workdir), _params(reference)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+MESH_SCRIPT = """
+import jax, numpy as np
+from mrnn_jax import configs, sharding
+from mrnn_jax.data import load_dataset
+from mrnn_jax.data.pipeline import CaptionTable, train_batch
+from mrnn_jax.model import make_model
+from mrnn_jax.train import init_state, jit_train_step, make_optimizer, make_train_step
+from mrnn_jax.vocab import Vocabulary
+
+assert jax.device_count() == 2, jax.devices()
+config = configs.load_config("tiny", ["model.dropout_rate=0.0"])
+splits = load_dataset(config.dataset, config.encoder)
+vocab = Vocabulary.build([t for r in splits["train"].records for t in r.tokens], min_count=1)
+table = CaptionTable.build(splits["train"].records, vocab, config.dataset.max_words)
+model = make_model(config.model, config.encoder, len(vocab))
+tx = make_optimizer(config.train)
+inputs = splits["train"].inputs
+final = []
+for devices in (1, 2):
+    mesh = sharding.make_mesh(devices)
+    state = init_state(model, tx, 0, inputs[:1], table.tokens[:1, :-1])
+    state = sharding.replicate(state, mesh)
+    step = jit_train_step(make_train_step(model, tx, config.train.l2_weight), mesh)
+    for i in range(5):
+        batch = train_batch(table, inputs, i, config.train.batch_size, 0)
+        state, metrics = step(state, sharding.shard_batch(batch, mesh))
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    final.append(leaves)
+    print(devices, "devices, loss", float(metrics["loss"]))
+worst = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)) for a, b in zip(*final))
+print("worst relative difference", worst)
+assert worst < 1e-5, worst
+print("MESH_OK")
+"""
+
+
+@pytest.mark.slow
+def test_train_step_same_on_one_and_two_devices():
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = run_python(MESH_SCRIPT, env=env)
+    assert result.returncode == 0 and "MESH_OK" in result.stdout, result.stdout + result.stderr
+
+
+def test_batch_size_must_split_over_devices(tmp_path):
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = run_mrnn(
+        "train", "--config", "tiny", "--workdir", str(tmp_path), "train.batch_size=7", env=env
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "train.batch_size=7 does not split evenly over 2 devices" in result.stderr
+
+
+def test_unknown_config_key_is_one_line_error(tmp_path):
+    result = run_mrnn("train", "--config", "tiny", "--workdir", str(tmp_path), "train.stepz=3")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("mrnn: error: unknown config key 'train.stepz'")
+    )
+
+
+def test_workdir_with_other_model_shape_is_refused(tiny_run):
+    result = run_mrnn("train", "--config", "tiny", "--workdir", tiny_run, "model.word_dim=8")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "different model" in result.stderr and "model.word_dim" in result.stderr
+
+
+def test_resume_with_changed_schedule_is_allowed_and_logged(tmp_path, tiny_run):
+    import shutil
+
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(tiny_run, workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    steps = config["train"]["num_steps"]
+    result = run_mrnn(
+        "train",
+        "--config",
+        "tiny",
+        "--workdir",
+        workdir,
+        "--no-progress",
+        f"train.num_steps={steps + 5}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"train.num_steps: {steps} -> {steps + 5}" in result.stderr
+    assert f"resumed from {os.path.join(workdir, 'checkpoints')} at step {steps}" in result.stderr
+    assert load(workdir, "latest").step == steps + 5
+
+
+def test_config_overrides_cast_types():
+    config = configs.load_config(
+        "tiny", ["train.learning_rate=1", "model.zero_image=true", "encoder.channels=(2,3)"]
+    )
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.model.zero_image is True
+    assert tuple(config.encoder.channels) == (2, 3)
+    with pytest.raises(MrnnError, match="expects int"):
+        configs.load_config("tiny", ["train.num_steps=abc"])
