@@ -25,11 +25,11 @@ def get_config() -> ConfigDict:
     c.encoder = ConfigDict()
     c.encoder.name = "small_cnn"
     c.encoder.image_size = 64
-    c.encoder.channels = (32, 64, 64, 128)
+    c.encoder.channels = (16, 32, 64, 64)
     c.encoder.features_dim = 256
 
     c.train.batch_size = 64
-    c.train.num_steps = 3000
+    c.train.num_steps = 2500
     c.train.learning_rate = 2e-3
     c.train.warmup_steps = 200
     c.train.l2_weight = 1e-6

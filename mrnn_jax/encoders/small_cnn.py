@@ -20,7 +20,7 @@ class SmallCNN(nn.Module):
       features_dim: width of the output feature vector I.
     """
 
-    channels: tuple[int, ...] = (32, 64, 64, 128)
+    channels: tuple[int, ...] = (16, 32, 64, 64)
     features_dim: int = 256
 
     @nn.compact

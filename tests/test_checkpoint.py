@@ -1,0 +1,86 @@
+"""Checkpoints: a fresh process restores a captioner from the directory alone; the committed
+checkpoint still restores (a change of format must be deliberate)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import mrnn_jax
+from mrnn_jax import checkpoint
+from mrnn_jax.errors import MrnnError
+from tests.conftest import run_python
+
+COMMITTED = os.path.join(os.path.dirname(__file__), "data", "tiny_checkpoint")
+
+
+def test_committed_checkpoint_restores_and_captions_as_recorded():
+    with open(os.path.join(COMMITTED, "expected.json"), encoding="utf-8") as f:
+        expected = json.load(f)
+    captioner = mrnn_jax.load(COMMITTED)
+    assert captioner.step == expected["step"]
+    assert len(captioner.vocab) == expected["vocab_size"]
+    leaves = jax.tree.leaves(captioner.params)
+    assert sum(np.size(x) for x in leaves) == expected["num_parameters"]
+    [(caption, log_prob)] = captioner.caption_files([os.path.join(COMMITTED, "sample.png")])
+    assert caption == expected["caption"]
+    assert log_prob == pytest.approx(expected["caption_log_prob"], abs=1e-4)
+    image = captioner.load_images([os.path.join(COMMITTED, "sample.png")])
+    log_likelihood = captioner.log_likelihood(image, [expected["reference"]])[0]
+    assert log_likelihood == pytest.approx(expected["reference_log_likelihood"], abs=1e-4)
+
+
+def test_fresh_process_restores_a_trained_run_and_captions(tiny_run, tmp_path):
+    from PIL import Image
+
+    from mrnn_jax.data import shapes
+
+    image = shapes.make_split("test", 1, seed=5, image_size=64).images[0]
+    path = str(tmp_path / "scene.png")
+    Image.fromarray(image).save(path)
+    code = (
+        "import mrnn_jax\n"
+        f"c = mrnn_jax.load({tiny_run!r})\n"
+        f"[(text, lp)] = c.caption_files([{path!r}])\n"
+        "assert isinstance(text, str) and lp <= 0.0, (text, lp)\n"
+        "print('CAPTION', c.step, repr(text), lp)\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CAPTION" in result.stdout
+    # Only the package was imported: no training module state was needed.
+    assert "mrnn_jax.train" not in code
+
+
+def test_best_and_latest_are_distinct_choices(tiny_run):
+    best_dir, best_step = checkpoint.find_checkpoint(tiny_run, "best")
+    latest_dir, latest_step = checkpoint.find_checkpoint(tiny_run, "latest")
+    assert best_dir.endswith("best") and latest_dir.endswith("checkpoints")
+    with open(os.path.join(tiny_run, "results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    assert best_step == results["best_step"]
+    assert latest_step == mrnn_jax.load(tiny_run, "latest").step
+    step_dir = os.path.join(latest_dir, str(latest_step))
+    assert mrnn_jax.load(step_dir).step == latest_step
+
+
+def test_checkpoint_holds_config_and_vocabulary(tiny_run):
+    directory, step = checkpoint.find_checkpoint(tiny_run, "best")
+    config = checkpoint.read_json_item(directory, step, "config")
+    vocab = checkpoint.read_json_item(directory, step, "vocab")
+    meta = checkpoint.read_json_item(directory, step, "meta")
+    assert config["model"]["word_dim"] == 16
+    assert vocab["words"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert set(meta["data_state"]) == {"epoch", "batch_in_epoch"}
+
+
+def test_missing_or_empty_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(MrnnError, match="no such checkpoint directory"):
+        mrnn_jax.load(tmp_path / "absent")
+    with pytest.raises(MrnnError, match="no checkpoint found"):
+        mrnn_jax.load(tmp_path)

@@ -1,0 +1,81 @@
+"""The ``mrnn`` command line: captioning files, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from mrnn_jax.data import shapes
+from tests.conftest import run_mrnn
+
+
+def _one_line_error(result) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mrnn: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_caption_prints_caption_and_log_probability(tiny_run, tmp_path):
+    split = shapes.make_split("test", 2, seed=3, image_size=64)
+    paths = []
+    for i, image in enumerate(split.images):
+        paths.append(str(tmp_path / f"scene{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    # A large JPEG of another size: resized as the encoder expects.
+    big = str(tmp_path / "big.jpg")
+    Image.fromarray(np.kron(split.images[0], np.ones((5, 7, 1), np.uint8))).save(big)
+    result = run_mrnn("caption", "--checkpoint", tiny_run, *paths, big)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for path, line in zip([*paths, big], lines, strict=True):
+        name, caption, log_prob = line.split("\t")
+        assert name == path
+        assert float(log_prob.removeprefix("(log p = ").removesuffix(")")) <= 0.0
+
+
+def test_caption_missing_image(tiny_run, tmp_path):
+    missing = str(tmp_path / "nope.png")
+    line = _one_line_error(run_mrnn("caption", "--checkpoint", tiny_run, missing))
+    assert missing in line
+
+
+def test_caption_unreadable_image(tiny_run, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+    line = _one_line_error(run_mrnn("caption", "--checkpoint", tiny_run, str(bad)))
+    assert str(bad) in line and "not a readable image" in line
+
+
+def test_caption_truncated_image(tiny_run, tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.fromarray(shapes.make_split("test", 1, seed=0).images[0]).resize((256, 256)).save(good)
+    data = good.read_bytes()
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(data[: len(data) // 2])
+    line = _one_line_error(run_mrnn("caption", "--checkpoint", tiny_run, str(bad)))
+    assert str(bad) in line and "truncated" in line
+
+
+def test_caption_missing_checkpoint(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    line = _one_line_error(run_mrnn("caption", "--checkpoint", str(tmp_path / "none"), str(image)))
+    assert "no such checkpoint directory" in line
+
+
+def test_unknown_config_is_a_clear_error(tmp_path):
+    line = _one_line_error(
+        run_mrnn("train", "--config", "flickr99", "--workdir", str(tmp_path / "w"))
+    )
+    assert "unknown config 'flickr99'" in line
+
+
+def test_help_lists_commands():
+    result = run_mrnn("--help")
+    assert result.returncode == 0
+    assert "train" in result.stdout and "caption" in result.stdout
+    result = run_mrnn("train", "--help")
+    assert "KEY=VALUE" in result.stdout and "resumes" in result.stdout
