@@ -12,9 +12,9 @@ from ml_collections import ConfigDict
 
 from mrnn_jax import checkpoint, configs, decode, metrics
 from mrnn_jax.encoders import takes_pixels
-from mrnn_jax.images import load_image
+from mrnn_jax.images import load_images
 from mrnn_jax.model import MRNN, make_model
-from mrnn_jax.vocab import Vocabulary
+from mrnn_jax.vocab import Vocabulary, tokenize
 
 
 @dataclasses.dataclass
@@ -42,15 +42,15 @@ class Captioner:
 
     def load_images(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
         """Image files as the model's encoder expects them: uint8 ``[N, S, S, 3]``."""
-        size = int(self.config.encoder.image_size)
-        resize = self.config.encoder.get("resize", "center_crop")
-        return np.stack([load_image(p, size, resize=resize) for p in paths])
+        encoder = self.config.encoder
+        return load_images(paths, int(encoder.image_size), encoder.get("resize", "center_crop"))
 
     def caption(
         self, image_inputs: np.ndarray, max_words: int | None = None
     ) -> list[tuple[str, float]]:
         """Greedy caption and its log-probability for each image input (pixels or features)."""
-        max_words = max_words or self.config.eval.max_decode_words
+        if max_words is None:
+            max_words = self.config.eval.max_decode_words
         tokens, log_prob = decode.greedy(
             self.model, {"params": self.params}, np.asarray(image_inputs), max_words
         )
@@ -68,8 +68,6 @@ class Captioner:
 
     def log_likelihood(self, image_inputs: np.ndarray, captions: Sequence[str]) -> np.ndarray:
         """log P(caption | image) in nats, for aligned lists of image inputs and captions."""
-        from mrnn_jax.vocab import tokenize
-
         tokens = self.vocab.encode_batch(
             [tokenize(c) for c in captions], self.config.dataset.max_words
         )

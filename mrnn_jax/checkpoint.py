@@ -17,6 +17,7 @@ package alone (:func:`mrnn_jax.load`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from mrnn_jax.errors import MrnnError
+
+log = logging.getLogger("mrnn_jax")
 
 FORMAT_VERSION = 1
 LATEST_DIR = "checkpoints"
@@ -36,6 +39,7 @@ def _manager(directory: str, max_to_keep: int | None, read_only: bool = False):
         create=not read_only,
         read_only=read_only,
         enable_async_checkpointing=False,
+        cleanup_tmp_directories=not read_only,  # remove what a killed save left behind
     )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -62,7 +66,14 @@ class RunCheckpoints:
         *,
         best: bool = False,
     ) -> None:
-        """Writes a checkpoint at ``step`` (to ``best/`` as well when ``best``)."""
+        """Writes a checkpoint at ``step`` to ``checkpoints/``, or to ``best/`` when ``best``.
+
+        A step already saved there is left as it is: a resumed run recomputes the same values
+        bit for bit, so it may reach a step that a killed run had saved already.
+        """
+        manager = self.best if best else self.latest
+        if step in manager.all_steps():
+            return
         meta = {**meta, "format_version": FORMAT_VERSION}
         common = {
             "params": ocp.args.StandardSave(params),
@@ -78,6 +89,13 @@ class RunCheckpoints:
                 args=ocp.args.Composite(train_state=ocp.args.StandardSave(train_state), **common),
                 force=True,
             )
+
+    def read_item(self, step: int, item: str) -> dict:
+        """A JSON item (``config``, ``vocab``, ``meta``) of the latest-checkpoint at ``step``."""
+        restored = self.latest.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+        )
+        return restored[item]
 
     def restore(self, step: int, abstract_params: Any, abstract_train_state: Any) -> tuple:
         """Restores ``(params, train_state, meta)`` of the latest-checkpoint at ``step``."""
@@ -116,6 +134,8 @@ def find_checkpoint(path: str, which: str = "best") -> tuple[str, int]:
         if os.path.isdir(directory):
             step = _manager(directory, None, read_only=True).latest_step()
             if step is not None:
+                if sub != candidates[0]:
+                    log.warning("%s has no best checkpoint; using the latest (step %d)", path, step)
                 return directory, step
     steps = [d for d in os.listdir(path) if d.isdigit()]
     if steps:

@@ -90,18 +90,14 @@ def _train(args: argparse.Namespace) -> int:
 def _caption(args: argparse.Namespace) -> int:
     from mrnn_jax import captioner
 
-    for path in args.images:
-        if not os.path.isfile(path):
-            raise MrnnError(f"{path}: no such image file")
     model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
     if not model.takes_pixels:
         raise MrnnError(
             f"{args.checkpoint} was trained on precomputed features; caption its images by "
             "extracting the same features first"
         )
-    for path, (text, log_prob) in zip(
-        args.images, model.caption_files(args.images, args.max_words), strict=False
-    ):
+    results = model.caption_files(args.images, args.max_words)
+    for path, (text, log_prob) in zip(args.images, results, strict=True):
         print(f"{path}\t{text}\t(log p = {log_prob:.3f})")
     return 0
 

@@ -112,7 +112,7 @@ def evaluate_split(
 ) -> tuple[dict[str, float], list[str]]:
     """Perplexity and greedy captions of one split (plus phrase accuracy where ground truth is
     known). Returns ``(metrics, captions)``."""
-    table = CaptionTable.build(data.records, vocab, max_words)
+    table = CaptionTable.build_uncut(data.records, vocab, max_words)
     result = split_perplexity(model, params, table, data.inputs, batch_size, mesh)
     captions, _ = greedy_captions(model, params, data.inputs, vocab, batch_size, decode_words, mesh)
     result["num_images"] = len(data.records)

@@ -164,9 +164,20 @@ class MRNN(nn.Module):
         return self.softmax(m)
 
     def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False) -> jax.Array:
-        """Logits ``[B, T, vocab_size]`` for the word after each of ``tokens [B, T]``."""
+        """Logits ``[B, T, vocab_size]`` for the word after each of ``tokens [B, T]``.
+
+        ``images`` has ``B`` rows, or ``B / K`` rows when each image has ``K`` consecutive
+        captions in ``tokens`` (its projection is then computed once and used K times).
+        """
         w, r = self.words(tokens)
         image_projection = self.project_image(images, train=train)
+        captions_per_image, remainder = divmod(tokens.shape[0], images.shape[0])
+        if remainder:
+            raise ValueError(
+                f"{tokens.shape[0]} captions do not split over {images.shape[0]} images"
+            )
+        if captions_per_image > 1:
+            image_projection = jnp.repeat(image_projection, captions_per_image, axis=0)
         return self.head(w, r, image_projection[:, None, :], train=train)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
 
-    def train_part(self) -> dict:
+    def checkpoint_extras(self) -> dict:
         """What a checkpoint stores besides the parameters."""
         return {"step": self.step, "opt_state": self.opt_state, "rng": self.rng}
 
@@ -59,17 +60,14 @@ def make_schedule(train_config: ConfigDict) -> optax.Schedule:
     )
 
 
-def make_optimizer(train_config: ConfigDict) -> optax.GradientTransformation:
-    """Adam on the schedule of :func:`make_schedule`, after clipping by global gradient norm."""
+def make_optimizer(
+    train_config: ConfigDict, schedule: optax.Schedule | None = None
+) -> optax.GradientTransformation:
+    """Adam on ``schedule`` (default :func:`make_schedule`), after clipping by global norm."""
     return optax.chain(
         optax.clip_by_global_norm(train_config.grad_clip_norm),
-        optax.adam(make_schedule(train_config)),
+        optax.adam(schedule or make_schedule(train_config)),
     )
-
-
-def example_inputs(encoder_config: ConfigDict, image_inputs: np.ndarray, max_words: int):
-    """A one-example (image input, tokens) pair with the shapes training uses, for ``init``."""
-    return image_inputs[:1], np.zeros((1, max_words + 1), np.int32)
 
 
 def init_state(
@@ -142,33 +140,22 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
 # --- work directory ----------------------------------------------------------------------
 
 
-def prepare_workdir(workdir: str, config: ConfigDict) -> None:
-    """Creates ``workdir`` or checks that its saved config describes the same model."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    new = configs.to_json(config)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        clash = configs.model_differences(saved, new)
-        if clash:
-            raise MrnnError(
-                f"{workdir} holds a checkpoint of a different model ({'; '.join(clash)}); "
-                "use a new --workdir, or the original config"
-            )
-        for change in configs.other_differences(saved, new):
-            log.info("resuming with a changed setting: %s", change)
-    checkpoint.write_json_atomic(path, new)
+def check_resume(workdir: str, saved: dict, new: dict) -> None:
+    """Refuses to resume a checkpoint under a config that changes the model or the data;
+    logs every other (schedule) change."""
+    clash = configs.resume_conflicts(saved, new)
+    if clash:
+        raise MrnnError(
+            f"{workdir} holds a checkpoint of a different model or data ({'; '.join(clash)}); "
+            "use a new --workdir, or the original values"
+        )
+    for change in configs.other_differences(saved, new):
+        log.info("resuming with a changed setting: %s", change)
 
 
-def load_or_build_vocab(workdir: str, train_records, min_count: int) -> Vocabulary:
-    """The run's vocabulary: the saved one when resuming, else built from training captions."""
-    path = os.path.join(workdir, "vocab.json")
-    if os.path.exists(path):
-        return Vocabulary.load(path)
-    vocab = Vocabulary.build([t for r in train_records for t in r.tokens], min_count=min_count)
-    vocab.save(path)
-    return vocab
+def build_vocab(train_records, min_count: int) -> Vocabulary:
+    """The vocabulary of the training captions (never the validation or test ones)."""
+    return Vocabulary.build([t for r in train_records for t in r.tokens], min_count=min_count)
 
 
 class MetricsLog:
@@ -204,18 +191,36 @@ def train_and_evaluate(
     tc = config.train
 
     # Work directory and mesh.
-    prepare_workdir(workdir, config)
+    os.makedirs(workdir, exist_ok=True)
+    ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
+    latest = ckpts.latest_step()
+    config_json = configs.to_json(config)
+    if latest is not None:
+        check_resume(workdir, ckpts.read_item(latest, "config"), config_json)
+    checkpoint.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
     mesh = sharding.make_mesh(num_devices)
     sharding.check_batch_size(tc.batch_size, mesh)
+    if tc.batch_size % tc.captions_per_image:
+        raise MrnnError(
+            f"train.batch_size={tc.batch_size} is not a multiple of "
+            f"train.captions_per_image={tc.captions_per_image}"
+        )
+    sharding.check_batch_size(
+        tc.batch_size // tc.captions_per_image, mesh, "train.batch_size / train.captions_per_image"
+    )
 
     # Input.
     splits = load_dataset(config.dataset, config.encoder)
     if "train" not in splits or "val" not in splits:
         raise MrnnError(f"dataset {config.dataset.name!r} needs train and val splits")
-    vocab = load_or_build_vocab(workdir, splits["train"].records, config.dataset.min_count)
+    if latest is not None:
+        vocab = Vocabulary.from_json(ckpts.read_item(latest, "vocab"))
+    else:
+        vocab = build_vocab(splits["train"].records, config.dataset.min_count)
+    vocab.save(os.path.join(workdir, "vocab.json"))
     max_words = config.dataset.max_words
     train_table = CaptionTable.build(splits["train"].records, vocab, max_words)
-    val_table = CaptionTable.build(splits["val"].records, vocab, max_words)
+    val_table = CaptionTable.build_uncut(splits["val"].records, vocab, max_words)
     train_inputs = splits["train"].inputs
     log.info(
         "data: %d training captions of %d images, vocabulary %d words, %d device(s)",
@@ -227,23 +232,20 @@ def train_and_evaluate(
 
     # Model and optimiser.
     model = make_model(config.model, config.encoder, len(vocab))
-    tx = make_optimizer(tc)
     schedule = make_schedule(tc)
-    example = example_inputs(config.encoder, train_inputs, max_words)
-    state = init_state(model, tx, tc.seed, *example)
+    tx = make_optimizer(tc, schedule)
+    state = init_state(model, tx, tc.seed, train_inputs[:1], train_table.tokens[:1, :-1])
     state = sharding.replicate(state, mesh)
 
     # Resume.
-    ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
-    config_json, vocab_json = configs.to_json(config), vocab.to_json()
+    vocab_json = vocab.to_json()
     best_val = float("inf")
-    latest = ckpts.latest_step()
     if latest is not None:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
         )
-        params, train_part, meta = ckpts.restore(latest, abstract.params, abstract.train_part())
-        state = TrainState(params=params, **train_part)
+        params, extras, meta = ckpts.restore(latest, abstract.params, abstract.checkpoint_extras())
+        state = TrainState(params=params, **extras)
         best_val = float(meta.get("best_val_perplexity", float("inf")))
         log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
 
@@ -262,7 +264,9 @@ def train_and_evaluate(
         dynamic_ncols=True,
     )
     while step < tc.num_steps:
-        batch = train_batch(train_table, train_inputs, step, tc.batch_size, tc.seed)
+        batch = train_batch(
+            train_table, train_inputs, step, tc.batch_size, tc.seed, tc.captions_per_image
+        )
         state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh))
         window.append(step_metrics)
         step += 1
@@ -278,6 +282,7 @@ def train_and_evaluate(
                 tok_s=f"{summary['tokens_per_second']:.0f}",
             )
             window, window_start = [], time.time()
+        paused = time.time()
         is_best = False
         if step % tc.eval_every == 0 or last:
             val = evaluate.split_perplexity(
@@ -285,22 +290,27 @@ def train_and_evaluate(
             )
             metrics_log.write(step, "val", val)
             bar.write(f"step {step}: validation perplexity {val['perplexity']:.3f}")
-            if val["perplexity"] < best_val:
+            if not math.isfinite(val["perplexity"]):
+                log.warning("step %d: validation perplexity is not finite", step)
+            elif val["perplexity"] < best_val:
                 best_val, is_best = val["perplexity"], True
         if step % tc.checkpoint_every == 0 or last or is_best:
             meta = {
                 "step": step,
-                "data_state": data_state(train_table, step, tc.batch_size),
+                "data_state": data_state(train_table, step, tc.batch_size, tc.captions_per_image),
                 "best_val_perplexity": best_val,
             }
             if is_best:
                 ckpts.save(step, state.params, None, meta, config_json, vocab_json, best=True)
-            ckpts.save(step, state.params, state.train_part(), meta, config_json, vocab_json)
+            ckpts.save(step, state.params, state.checkpoint_extras(), meta, config_json, vocab_json)
+        window_start += time.time() - paused  # tokens per second count training time only
     bar.close()
     ckpts.close()
 
     # Final evaluation, on the best checkpoint.
     best_dir, best_step = checkpoint.find_checkpoint(workdir, "best")
+    if not best_dir.endswith(checkpoint.BEST_DIR):
+        log.warning("no finite validation perplexity: evaluating the latest checkpoint")
     params = checkpoint.restore_params(best_dir, best_step, state.params)
     params = sharding.replicate(params, mesh)
     results = {"best_step": best_step, "best_val_perplexity": best_val, "splits": {}}
@@ -329,6 +339,7 @@ def train_and_evaluate(
 
 
 def _summarise(window: list[dict], seconds: float) -> dict:
+    """Mean loss and gradient norm, corpus perplexity and tokens per second of a window."""
     nll = sum(float(m["nll_sum"]) for m in window)
     tokens = sum(float(m["num_tokens"]) for m in window)
     return {

@@ -50,6 +50,15 @@ def _saving_now(workdir: str) -> bool:
     )
 
 
+def _best_ahead_of_latest(workdir: str) -> bool:
+    """A best checkpoint exists for a step whose latest checkpoint is not written yet."""
+    directory = os.path.join(workdir, "best")
+    if not os.path.isdir(directory):
+        return False
+    best = [int(d) for d in os.listdir(directory) if d.isdigit()]
+    return bool(best) and max(best) > max(_saved_steps(workdir), default=0)
+
+
 def _kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> bool:
     """SIGKILLs ``process`` as soon as ``condition()`` holds; False if it finished first."""
     deadline = time.time() + timeout
@@ -75,14 +84,17 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     rng = random.Random(1234)
     kills = 0
     kinds = []
-    # Kill at random moments after a random number of checkpoints, and once in the middle of
-    # writing a checkpoint (an orbax temporary directory exists), then let the run finish.
-    plans = ["random", "during_save", "random", "random"]
+    # Kill at random moments after a random number of checkpoints, once in the middle of
+    # writing a checkpoint (an orbax temporary directory exists), and once between writing the
+    # best checkpoint of a step and its latest checkpoint; then let the run finish.
+    plans = ["random", "during_save", "between_best_and_latest", "random"]
     for plan in plans:
         process = _start(workdir)
         before = max(_saved_steps(workdir), default=0)
         if plan == "during_save":
             condition = lambda: _saving_now(workdir)  # noqa: B023
+        elif plan == "between_best_and_latest":
+            condition = lambda: _best_ahead_of_latest(workdir)  # noqa: B023
         else:
             target = before + 5 * rng.randint(1, 2)
             delay = rng.uniform(0.0, 0.3)
@@ -98,6 +110,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
             kills += 1
             kinds.append(plan)
     assert kills >= 3 and "during_save" in kinds, kinds
+    assert "between_best_and_latest" in kinds, kinds
 
     final = run_mrnn(*TRAIN_ARGS, "--workdir", workdir)
     assert final.returncode == 0, final.stderr[-3000:]
@@ -132,7 +145,9 @@ for devices in (1, 2):
     state = sharding.replicate(state, mesh)
     step = jit_train_step(make_train_step(model, tx, config.train.l2_weight), mesh)
     for i in range(5):
-        batch = train_batch(table, inputs, i, config.train.batch_size, 0)
+        batch = train_batch(
+            table, inputs, i, config.train.batch_size, 0, config.train.captions_per_image
+        )
         state, metrics = step(state, sharding.shard_batch(batch, mesh))
     leaves = jax.tree.leaves(jax.device_get(state.params))
     final.append(leaves)
@@ -179,6 +194,22 @@ def test_workdir_with_other_model_shape_is_refused(tiny_run):
     assert "different model" in result.stderr and "model.word_dim" in result.stderr
 
 
+def test_workdir_with_other_data_order_is_refused(tiny_run):
+    result = run_mrnn("train", "--config", "tiny", "--workdir", tiny_run, "train.seed=7")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "train.seed: 0 in the checkpoint, 7 now" in result.stderr
+
+
+def test_unknown_activation_is_one_line_error(tmp_path):
+    result = run_mrnn(
+        "train", "--config", "tiny", "--workdir", str(tmp_path), "model.word_activation=relux"
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "model.word_activation='relux': choose from" in result.stderr
+
+
 def test_resume_with_changed_schedule_is_allowed_and_logged(tmp_path, tiny_run):
     import shutil
 
@@ -209,5 +240,11 @@ def test_config_overrides_cast_types():
     assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
     assert config.model.zero_image is True
     assert tuple(config.encoder.channels) == (2, 3)
+    config = configs.load_config("tiny", ["eval.splits=test,novel", "eval.splits=val"])
+    assert tuple(config.eval.splits) == ("val",)
+    assert tuple(configs.load_config("tiny", ["eval.splits=test,novel"]).eval.splits) == (
+        "test",
+        "novel",
+    )
     with pytest.raises(MrnnError, match="expects int"):
         configs.load_config("tiny", ["train.num_steps=abc"])

@@ -19,7 +19,6 @@ BUILTIN = ("default", "shapes", "tiny")
 # Sections whose values fix the shape of the parameters (or the vocabulary): a checkpoint
 # cannot be resumed under a config that changes them.
 MODEL_SECTIONS = ("model", "encoder")
-MODEL_DATASET_KEYS = ("name", "min_count", "seed")
 
 
 def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ConfigDict:
@@ -40,7 +39,34 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ConfigDict:
         )
     config = module.get_config()
     apply_overrides(config, overrides)
+    validate(config)
     return config
+
+
+def validate(config: ConfigDict) -> None:
+    """Raises :class:`MrnnError` for values no run could use (unknown names, bad sizes)."""
+    from mrnn_jax.encoders import ENCODERS
+    from mrnn_jax.model import ACTIVATIONS
+
+    for key in ("word_activation", "recurrent_activation", "multimodal_activation"):
+        if config.model[key] not in ACTIVATIONS:
+            raise MrnnError(
+                f"model.{key}={config.model[key]!r}: choose from {', '.join(sorted(ACTIVATIONS))}"
+            )
+    if config.encoder.name not in ENCODERS:
+        raise MrnnError(f"encoder.name={config.encoder.name!r}: choose from {', '.join(ENCODERS)}")
+    for key in ("embed_dim", "word_dim", "multimodal_dim"):
+        if config.model[key] < 1:
+            raise MrnnError(f"model.{key} must be positive, got {config.model[key]}")
+    if not 0.0 <= config.model.dropout_rate < 1.0:
+        raise MrnnError(f"model.dropout_rate must be in [0, 1), got {config.model.dropout_rate}")
+    for key in ("batch_size", "num_steps", "captions_per_image", "log_every", "eval_every"):
+        if config.train[key] < 1:
+            raise MrnnError(f"train.{key} must be positive, got {config.train[key]}")
+    if config.train.checkpoint_every < 1:
+        raise MrnnError(
+            f"train.checkpoint_every must be positive, got {config.train.checkpoint_every}"
+        )
 
 
 def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:
@@ -68,13 +94,24 @@ def _parse_value(text: str, old: object, key: str) -> object:
         return value
     if isinstance(old, float) and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if isinstance(old, tuple | list) and isinstance(value, tuple | list):
-        return tuple(value)
+    if isinstance(old, tuple | list):
+        if isinstance(value, tuple | list):
+            return tuple(value)
+        if isinstance(value, str):  # test,novel
+            return tuple(_parse_item(v) for v in value.split(",") if v.strip())
+        return (value,)
     if isinstance(old, str) and not isinstance(value, str):
         return text
     if old is None or type(value) is type(old):
         return value
     raise MrnnError(f"config key {key!r} expects {type(old).__name__}, got {text!r}")
+
+
+def _parse_item(text: str) -> object:
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
 
 
 def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
@@ -122,33 +159,41 @@ def _merge(config: ConfigDict, data: dict) -> None:
             config[key] = tuple(value) if isinstance(value, list) else value
 
 
-def model_differences(saved: dict, new: dict) -> list[str]:
-    """Human-readable differences between two configs' model-shaping values."""
-    diffs = []
-    for section in MODEL_SECTIONS:
-        a, b = saved.get(section, {}), new.get(section, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                diffs.append(
-                    f"{section}.{key}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now"
-                )
-    a, b = saved.get("dataset", {}), new.get("dataset", {})
-    for key in MODEL_DATASET_KEYS:
-        if a.get(key) != b.get(key):
-            diffs.append(f"dataset.{key}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now")
-    return diffs
+# Values that define the data a run sees, or its order: resuming under other values would not
+# continue the same run.
+DATA_KEYS = ("train.seed", "train.batch_size", "train.captions_per_image")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _fixed_on_resume(key: str) -> bool:
+    section = key.split(".", 1)[0]
+    return section in (*MODEL_SECTIONS, "dataset") or key in DATA_KEYS
+
+
+def resume_conflicts(saved: dict, new: dict) -> list[str]:
+    """Differences that forbid resuming: the model's shape, the dataset, the data order."""
+    a, b = _flatten(saved), _flatten(new)
+    return [
+        f"{key}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now"
+        for key in sorted(set(a) | set(b))
+        if _fixed_on_resume(key) and a.get(key) != b.get(key)
+    ]
 
 
 def other_differences(saved: dict, new: dict) -> list[str]:
-    """Differences in every value that does not shape the model (schedule, logging, eval)."""
-    diffs = []
-    for section in sorted(set(saved) | set(new)):
-        a, b = saved.get(section, {}), new.get(section, {})
-        if section in MODEL_SECTIONS or not isinstance(a, dict) or not isinstance(b, dict):
-            continue
-        for key in sorted(set(a) | set(b)):
-            if section == "dataset" and key in MODEL_DATASET_KEYS:
-                continue
-            if a.get(key) != b.get(key):
-                diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return diffs
+    """Differences allowed on resume (schedule, logging, evaluation), as ``key: old -> new``."""
+    a, b = _flatten(saved), _flatten(new)
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if not _fixed_on_resume(key) and a.get(key) != b.get(key)
+    ]

@@ -48,6 +48,10 @@ def get_config() -> ConfigDict:
     c.train.seed = 0
     # Global batch of (image, caption) pairs, split across every device. Our choice.
     c.train.batch_size = 128
+    # Captions per image in a training batch: the image's projection V_I I (and its CNN
+    # features, when the CNN is trained) is computed once and used for all of them, as in
+    # self-critical.pytorch's seq_per_img. 1 = independent (image, caption) pairs.
+    c.train.captions_per_image = 1
     c.train.num_steps = 50_000
     # Adam with linear warm-up then cosine decay, gradients clipped by global norm. The paper
     # does not name its optimiser; Adam with clipping is the common choice and needs no tuning.

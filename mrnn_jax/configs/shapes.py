@@ -17,7 +17,7 @@ def get_config() -> ConfigDict:
     c = default.get_config()
     c.dataset.name = "shapes"
     c.dataset.min_count = 1  # a closed vocabulary of a few dozen words, every one needed
-    c.dataset.max_words = 16
+    c.dataset.max_words = 20  # the longest shapes caption has 20 words
     c.dataset.shapes_sizes = ConfigDict({"train": 8000, "val": 500, "test": 500, "novel": 500})
 
     c.model.dropout_rate = 0.1  # little to over-fit with 40,000 captions and a tiny vocabulary
@@ -28,8 +28,10 @@ def get_config() -> ConfigDict:
     c.encoder.channels = (16, 32, 64, 64)
     c.encoder.features_dim = 256
 
-    c.train.batch_size = 64
-    c.train.num_steps = 2500
+    # 32 images x 5 captions: the CNN runs once per image for its five references.
+    c.train.batch_size = 160
+    c.train.captions_per_image = 5
+    c.train.num_steps = 3500
     c.train.learning_rate = 2e-3
     c.train.warmup_steps = 200
     c.train.l2_weight = 1e-6
@@ -39,5 +41,5 @@ def get_config() -> ConfigDict:
 
     c.eval.batch_size = 250
     c.eval.splits = ("test", "novel")
-    c.eval.max_decode_words = 16
+    c.eval.max_decode_words = 20
     return c

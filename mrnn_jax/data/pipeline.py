@@ -7,7 +7,6 @@ exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,11 +28,25 @@ class SplitData:
 
 
 @dataclasses.dataclass(frozen=True)
+class EpochOrder:
+    """One epoch's order: image rows (those with captions) and each image's first caption."""
+
+    images: np.ndarray
+    first_caption: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
 class CaptionTable:
-    """Every (image, caption) pair of a split: ``image_index [P]`` and ``tokens [P, T+2]``."""
+    """Every (image, caption) pair of a split: ``image_index [P]`` and ``tokens [P, T+2]``.
+
+    Pairs are in image order, so the captions of image ``i`` are rows ``offsets[i] ..
+    offsets[i] + counts[i] - 1``.
+    """
 
     image_index: np.ndarray
     tokens: np.ndarray
+    counts: np.ndarray
+    _orders: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, records: list[ImageRecord], vocab: Vocabulary, max_words: int) -> CaptionTable:
@@ -43,38 +56,90 @@ class CaptionTable:
         return cls(
             image_index=np.asarray(index, np.int32),
             tokens=vocab.encode_batch(token_lists, max_words),
+            counts=np.asarray([len(record.tokens) for record in records], np.int64),
         )
+
+    @classmethod
+    def build_uncut(
+        cls, records: list[ImageRecord], vocab: Vocabulary, max_words: int
+    ) -> CaptionTable:
+        """Like :meth:`build`, but long enough for the split's longest caption, so that
+        evaluation scores every word (an end token after a cut would be credited falsely)."""
+        longest = max((len(t) for record in records for t in record.tokens), default=0)
+        return cls.build(records, vocab, max(max_words, longest))
 
     def __len__(self) -> int:
         return len(self.image_index)
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """Row of each image's first caption."""
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
 
-@functools.lru_cache(maxsize=2)
-def _epoch_order(num_pairs: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_pairs)
+    @property
+    def num_captioned_images(self) -> int:
+        """Images with at least one caption."""
+        return int(np.count_nonzero(self.counts))
+
+    def epoch_order(self, seed: int, epoch: int) -> EpochOrder:
+        """The seeded order of ``epoch`` (a pure function of seed and epoch; cached)."""
+        key = (seed, epoch)
+        if key not in self._orders:
+            rng = np.random.default_rng([seed, epoch])
+            images = rng.permutation(np.flatnonzero(self.counts > 0))
+            first = rng.integers(0, np.maximum(self.counts, 1))
+            self._orders.clear()
+            self._orders[key] = EpochOrder(images=images, first_caption=first)
+        return self._orders[key]
 
 
-def batches_per_epoch(table: CaptionTable, batch_size: int) -> int:
-    """Number of full batches in one pass over the table (the remainder is dropped)."""
-    return len(table) // batch_size
+def images_per_batch(batch_size: int, captions_per_image: int) -> int:
+    """Images in a training batch of ``batch_size`` captions, ``captions_per_image`` each."""
+    if captions_per_image < 1 or batch_size % captions_per_image:
+        raise ValueError(
+            f"batch size {batch_size} is not a multiple of captions_per_image={captions_per_image}"
+        )
+    return batch_size // captions_per_image
+
+
+def batches_per_epoch(table: CaptionTable, batch_size: int, captions_per_image: int) -> int:
+    """Number of full batches in one pass over the images (the remainder is dropped)."""
+    return table.num_captioned_images // images_per_batch(batch_size, captions_per_image)
 
 
 def train_batch(
-    table: CaptionTable, inputs: np.ndarray, step: int, batch_size: int, seed: int
+    table: CaptionTable,
+    inputs: np.ndarray,
+    step: int,
+    batch_size: int,
+    seed: int,
+    captions_per_image: int = 1,
 ) -> dict[str, np.ndarray]:
-    """The training batch for ``step``: pairs in a fresh seeded permutation each epoch."""
-    per_epoch = batches_per_epoch(table, batch_size)
+    """The training batch for ``step``: ``batch_size`` captions of ``batch_size / K`` images.
+
+    Each epoch visits every image once, in a fresh seeded order, with ``K =
+    captions_per_image`` of its captions (cycling from a seeded first caption, so that over
+    epochs every caption is used). Returns ``image [B/K, ...]`` and ``tokens [B, T+1]``, where
+    captions ``K*i .. K*i+K-1`` belong to image ``i``.
+    """
+    per_batch = images_per_batch(batch_size, captions_per_image)
+    per_epoch = batches_per_epoch(table, batch_size, captions_per_image)
     if per_epoch == 0:
-        raise ValueError(f"batch size {batch_size} exceeds the {len(table)} training captions")
+        raise ValueError(f"a batch needs {per_batch} images; the split has fewer with captions")
     epoch, position = divmod(step, per_epoch)
-    order = _epoch_order(len(table), seed, epoch)
-    rows = np.sort(order[position * batch_size : (position + 1) * batch_size])
-    return {"image": inputs[table.image_index[rows]], "tokens": table.tokens[rows]}
+    order = table.epoch_order(seed, epoch)
+    images = order.images[position * per_batch : (position + 1) * per_batch]
+    counts = table.counts[images, None]
+    which = (order.first_caption[images, None] + np.arange(captions_per_image)) % counts
+    rows = (table.offsets[images, None] + which).reshape(-1)
+    return {"image": inputs[images], "tokens": table.tokens[rows]}
 
 
-def data_state(table: CaptionTable, step: int, batch_size: int) -> dict[str, int]:
+def data_state(
+    table: CaptionTable, step: int, batch_size: int, captions_per_image: int
+) -> dict[str, int]:
     """Where in the data order ``step`` is: epoch and batch within it (for checkpoints)."""
-    epoch, position = divmod(step, batches_per_epoch(table, batch_size))
+    epoch, position = divmod(step, batches_per_epoch(table, batch_size, captions_per_image))
     return {"epoch": int(epoch), "batch_in_epoch": int(position)}
 
 

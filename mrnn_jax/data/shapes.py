@@ -2,7 +2,10 @@
 
 Nothing is downloaded. Each image shows one to three coloured shapes on a grey, noisy
 background; each object has a different size class, so the largest one is unambiguous. Every
-image comes with five reference captions, each worded by a different template, and every
+image comes with five reference captions, each worded by a different template. Every caption
+describes every object by its size, colour and shape ("large red circle") and says where each
+other object lies relative to the largest one ("left of", "right of", "above", "below"), with
+few fixed words, so that most words carry information that only the image can give. Every
 caption names the colour and shape of the largest object as one phrase ("red circle").
 
 Everything is deterministic from a seed. Each split draws from its own generator, derived
@@ -17,13 +20,10 @@ Splits:
   In ``test`` and ``novel`` no two images share the same set of references.
 
 Templates are ``(text, counts)`` pairs: ``text`` is a :meth:`str.format` pattern and
-``counts`` the numbers of objects it applies to. The fields:
-  ``{L}`` largest object, ``<colour> <shape>``; ``{Ls}`` the same preceded by its size word;
-  ``{Lsize}`` its size word; ``{O1}``/``{O1s}`` the second largest object (without/with
-  size); ``{O2}``/``{O2s}`` the third; ``{R1}`` where the largest lies relative to the
-  second, ``{R1inv}`` where the second lies relative to the largest, ``{R2inv}`` where the
-  third lies relative to the largest; ``{N}`` the number of objects as a word; ``{others}``
-  the other objects as ``a <colour> <shape>`` joined by ``and``.
+``counts`` the numbers of objects it applies to. The fields: ``{D0}``, ``{D1}``, ``{D2}``
+describe the objects, largest first, as ``<size> <colour> <shape>``; ``{relIJ}`` says where
+object ``I`` lies relative to object ``J`` (``{rel10}``, ``{rel20}``: the others relative to
+the largest; ``{rel01}``, ``{rel02}``: the largest relative to the others).
 
 Captions are lower case words separated by single spaces, without punctuation, so
 ``caption.split()`` equals :func:`mrnn_jax.vocab.tokenize` of the caption.
@@ -48,54 +48,64 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 230, 40),
     "purple": (150, 60, 190),
     "orange": (245, 130, 20),
+    "cyan": (40, 210, 220),
+    "pink": (255, 110, 190),
 }
-"""Colour word -> RGB; saturated, far from each other and from every grey."""
+"""Colour word -> RGB; saturated, at least 80 apart from each other and from every grey the
+background can take."""
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
-"""Shape words."""
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "bar")
+"""Shape words (a bar is a horizontal rectangle twice as wide as it is tall)."""
 
 SIZES: dict[str, float] = {"small": 0.2, "medium": 0.3, "large": 0.45}
 """Size word -> side of the object's bounding box as a fraction of the image side."""
 
-RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 """Spatial relations, from the dominant axis of the displacement between object centres."""
 
 TEMPLATES: tuple[tuple[str, tuple[int, ...]], ...] = (
-    # Any number of objects.
-    ("a {Ls}", (1, 2, 3)),
-    ("a picture of a {L}", (1, 2, 3)),
-    ("there is a {L} in the image", (1, 2, 3)),
-    ("the {L} is {Lsize}", (1, 2, 3)),
-    ("an image with a {Ls}", (1, 2, 3)),
     # One object.
-    ("a single {Ls} on a grey background", (1,)),
-    ("only one shape a {L}", (1,)),
-    ("one {L} and nothing else", (1,)),
-    # Two or three objects.
-    ("a {Ls} {R1} a {O1s}", (2, 3)),
-    ("a {O1} {R1inv} a {L}", (2, 3)),
-    ("a {L} with a {O1} {R1inv} it", (2, 3)),
-    ("{N} shapes and the biggest is a {L}", (2, 3)),
-    ("there is a {L} and {others}", (2, 3)),
-    ("the {L} is bigger than the {O1}", (2, 3)),
+    ("a {D0}", (1,)),
+    ("one {D0}", (1,)),
+    ("the {D0}", (1,)),
+    ("a single {D0}", (1,)),
+    ("just a {D0}", (1,)),
+    ("only a {D0}", (1,)),
+    ("there is a {D0}", (1,)),
+    # Two objects.
+    ("a {D0} {rel01} a {D1}", (2,)),
+    ("a {D1} {rel10} a {D0}", (2,)),
+    ("the {D0} {rel01} the {D1}", (2,)),
+    ("the {D0} is {rel01} the {D1}", (2,)),
+    ("the {D1} is {rel10} the {D0}", (2,)),
+    ("a {D0} with a {D1} {rel10} it", (2,)),
     # Three objects.
-    ("the {O2s} is {R2inv} the {L}", (3,)),
-    ("three shapes a {Ls} a {O1s} and a {O2s}", (3,)),
+    ("a {D0} {rel01} a {D1} and {rel02} a {D2}", (3,)),
+    ("the {D0} {rel01} the {D1} and {rel02} the {D2}", (3,)),
+    ("a {D1} {rel10} and a {D2} {rel20} a {D0}", (3,)),
+    ("a {D2} {rel20} and a {D1} {rel10} a {D0}", (3,)),
+    ("a {D1} {rel10} a {D0} and a {D2} {rel20} it", (3,)),
+    ("a {D0} with a {D1} {rel10} it and a {D2} {rel20} it", (3,)),
 )
-"""Caption templates as ``(format pattern, object counts it applies to)``."""
+"""Caption templates as ``(format pattern, object counts it applies to)``: few fixed words,
+so that most words name a size, colour, shape or relation."""
 
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {
         ("red", "triangle"),
+        ("red", "bar"),
         ("green", "diamond"),
+        ("green", "circle"),
         ("blue", "cross"),
         ("yellow", "circle"),
         ("purple", "square"),
         ("orange", "diamond"),
-        ("green", "circle"),
+        ("cyan", "cross"),
+        ("pink", "triangle"),
     }
 )
-"""(colour, shape) pairs never seen in train/val/test; every colour and shape keeps others."""
+"""(colour, shape) pairs never seen in train/val/test: 10 of the 48 pairs. Training keeps at
+least 4 shapes of every colour and at least 6 colours of every shape."""
 
 SPLITS = ("train", "val", "test", "novel")
 
@@ -104,7 +114,6 @@ _UNIQUE_SPLITS = frozenset({"test", "novel"})
 _MIN_IMAGE_SIZE = 32
 _MAX_ATTEMPTS = 1000  # scene draws per image before giving up on a unique reference set
 _SIZE_ORDER = ("large", "medium", "small")  # largest first
-_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 _GREY_RANGE = (50, 200)  # background grey level, inclusive
 _NOISE_STD = 5.0
 _A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
@@ -228,6 +237,8 @@ def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, half: float) -> np.ndarray
     if shape == "cross":
         arm = 0.3 * half
         return ((adx <= arm) & (ady <= half)) | ((ady <= arm) & (adx <= half))
+    if shape == "bar":  # full width, half as tall
+        return (adx <= half) & (ady <= 0.5 * half)
     raise MrnnError(f"unknown shape {shape!r}")
 
 
@@ -235,7 +246,8 @@ def describe(scene: Scene, rng: np.random.Generator, num_references: int = 5) ->
     """Return ``num_references`` captions of ``scene``, each from a different template.
 
     The templates are drawn without replacement by ``rng`` among those that apply to the
-    scene's number of objects. Every caption contains :meth:`Scene.largest_phrase`.
+    scene's number of objects. Every caption describes every object with its size, colour
+    and shape, so it contains :meth:`Scene.largest_phrase`.
     """
     applicable = [text for text, counts in TEMPLATES if len(scene.objects) in counts]
     if isinstance(num_references, bool) or not 1 <= num_references <= len(applicable):
@@ -254,19 +266,11 @@ def _articles(caption: str) -> str:
 
 
 def _fields(scene: Scene) -> dict[str, str]:
-    largest, others = scene.objects[0], scene.objects[1:]
-    fields = {
-        "L": _phrase(largest),
-        "Ls": _phrase(largest, with_size=True),
-        "Lsize": largest.size,
-        "N": _COUNT_WORDS[len(scene.objects)],
-        "others": " and ".join(f"a {_phrase(o)}" for o in others),
-    }
-    for k, obj in enumerate(others, start=1):
-        fields[f"O{k}"] = _phrase(obj)
-        fields[f"O{k}s"] = _phrase(obj, with_size=True)
-        fields[f"R{k}"] = _relation(largest, obj)
-        fields[f"R{k}inv"] = _relation(obj, largest)
+    objects = scene.objects
+    fields = {f"D{i}": _phrase(obj, with_size=True) for i, obj in enumerate(objects)}
+    for i, obj in enumerate(objects[1:], start=1):
+        fields[f"rel{i}0"] = _relation(obj, objects[0])
+        fields[f"rel0{i}"] = _relation(objects[0], obj)
     return fields
 
 

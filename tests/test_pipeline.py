@@ -1,0 +1,112 @@
+"""The input pipeline: caption tables, seeded epoch order, K captions per image, eval batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mrnn_jax.data.pipeline import (
+    CaptionTable,
+    batches_per_epoch,
+    data_state,
+    eval_batches,
+    image_batches,
+    train_batch,
+)
+from mrnn_jax.data.records import ImageRecord
+from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, Vocabulary
+
+
+def _records(counts: list[int]) -> list[ImageRecord]:
+    records = []
+    for i, count in enumerate(counts):
+        tokens = tuple((f"img{i}", f"cap{j}") + ("x",) * j for j in range(count))
+        records.append(ImageRecord(f"im{i}", "train", tuple(" ".join(t) for t in tokens), tokens))
+    return records
+
+
+def _table(counts: list[int], max_words: int = 8) -> tuple[CaptionTable, Vocabulary]:
+    records = _records(counts)
+    vocab = Vocabulary.build([t for r in records for t in r.tokens], min_count=1)
+    return CaptionTable.build(records, vocab, max_words), vocab
+
+
+def test_table_rows_are_grouped_by_image():
+    table, vocab = _table([3, 0, 5, 1])
+    assert len(table) == 9
+    assert table.counts.tolist() == [3, 0, 5, 1]
+    assert table.offsets.tolist() == [0, 3, 3, 8]
+    assert table.num_captioned_images == 3
+    for row in range(len(table)):
+        words = vocab.decode(table.tokens[row])
+        assert words[0] == f"img{table.image_index[row]}"
+    assert (table.tokens[:, 0] == START_ID).all()
+
+
+def test_train_batches_are_a_pure_function_of_seed_and_step():
+    table, _ = _table([5] * 12)
+    inputs = np.arange(12)[:, None].repeat(3, axis=1)
+    a = train_batch(table, inputs, 7, 10, seed=3, captions_per_image=5)
+    b = train_batch(
+        CaptionTable(table.image_index, table.tokens, table.counts), inputs, 7, 10, 3, 5
+    )
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_array_equal(a["image"], b["image"])
+    c = train_batch(table, inputs, 7, 10, seed=4, captions_per_image=5)
+    assert not np.array_equal(a["image"], c["image"]) or not np.array_equal(
+        a["tokens"], c["tokens"]
+    )
+
+
+def test_k_captions_belong_to_their_image_and_epoch_visits_each_image_once():
+    table, vocab = _table([5, 5, 2, 7, 5, 5])  # 2 images per batch, 3 batches per epoch
+    inputs = np.arange(6)
+    assert batches_per_epoch(table, 10, 5) == 3
+    seen = []
+    for step in range(3):
+        batch = train_batch(table, inputs, step, 10, seed=0, captions_per_image=5)
+        assert batch["tokens"].shape[0] == 10 and batch["image"].shape == (2,)
+        for k, image in enumerate(batch["image"]):
+            captions = batch["tokens"][5 * k : 5 * k + 5]
+            heads = {vocab.decode(row)[0] for row in captions}
+            assert heads == {f"img{image}"}
+            # Distinct captions when the image has enough; all of them when it has fewer.
+            kinds = {vocab.decode(row)[1] for row in captions}
+            assert len(kinds) == min(5, table.counts[image])
+        seen.extend(batch["image"].tolist())
+    assert sorted(seen) == list(range(6))
+    assert data_state(table, 4, 10, 5) == {"epoch": 1, "batch_in_epoch": 1}
+
+
+def test_batch_size_must_be_a_multiple_of_captions_per_image():
+    table, _ = _table([5] * 4)
+    with pytest.raises(ValueError, match="multiple of captions_per_image"):
+        train_batch(table, np.arange(4), 0, 7, seed=0, captions_per_image=5)
+
+
+def test_eval_batches_cover_every_pair_once_and_pad_with_padding_rows():
+    table, _ = _table([2, 3])
+    inputs = np.array([10, 20])
+    batches = list(eval_batches(table, inputs, 4))
+    assert len(batches) == 2
+    tokens = np.concatenate([b["tokens"] for b in batches])
+    images = np.concatenate([b["image"] for b in batches])
+    np.testing.assert_array_equal(tokens[:5], table.tokens)
+    assert images[:5].tolist() == [10, 10, 20, 20, 20]
+    assert (tokens[5:] == PAD_ID).all()
+
+
+def test_uncut_table_scores_every_word():
+    records = _records([6])  # captions of up to 7 words
+    vocab = Vocabulary.build([t for r in records for t in r.tokens], min_count=1)
+    cut = CaptionTable.build(records, vocab, 3)
+    uncut = CaptionTable.build_uncut(records, vocab, 3)
+    assert cut.tokens.shape[1] == 5 and uncut.tokens.shape[1] == 9
+    longest = uncut.tokens[-1]
+    assert longest[-1] == END_ID and (longest != PAD_ID).all()
+
+
+def test_image_batches_pad_the_last_batch():
+    out = list(image_batches(np.arange(5), 2))
+    assert [count for _, count in out] == [2, 2, 1]
+    assert all(batch.shape == (2,) for batch, _ in out)
