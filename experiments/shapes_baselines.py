@@ -41,12 +41,15 @@ def markdown_table(results: dict[str, dict]) -> str:
         "| model | split | perplexity | vs. image-blind | largest object named |",
         "|---|---|---|---|---|",
     ]
-    for name, result in results.items():
-        for split, values in result["splits"].items():
+    splits = sorted(blind, key=lambda s: (s != "test", s))
+    for split in splits:
+        for name, result in results.items():
+            values = result["splits"][split]
             reduction = 1.0 - values["perplexity"] / blind[split]["perplexity"]
+            versus = "(baseline)" if values is blind[split] else f"{100 * reduction:.1f}% lower"
             lines.append(
-                f"| {name} | {split} | {values['perplexity']:.3f} | "
-                f"{100 * reduction:+.1f}% lower | {100 * values['phrase_accuracy']:.1f}% |"
+                f"| {name} | {split} | {values['perplexity']:.3f} | {versus} | "
+                f"{100 * values['phrase_accuracy']:.1f}% |"
             )
     return "\n".join(lines)
 
