@@ -45,20 +45,31 @@ class Captioner:
         encoder = self.config.encoder
         return load_images(paths, int(encoder.image_size), encoder.get("resize", "center_crop"))
 
+    def options(self, **overrides) -> decode.DecodeOptions:
+        """Decoding options: greedy with the run's caption length, changed by ``overrides``."""
+        overrides.setdefault("max_words", self.config.eval.max_decode_words)
+        return decode.DecodeOptions(**overrides)
+
+    def generate(
+        self, image_inputs: np.ndarray, options: decode.DecodeOptions | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """For each image input, ``options.num_return`` captions with log-probabilities."""
+        options = options or self.options()
+        tokens, log_prob = decode.generate(
+            self.model, {"params": self.params}, np.asarray(image_inputs), options
+        )
+        tokens, log_prob = jax.device_get((tokens, log_prob))
+        return [
+            [(" ".join(self.vocab.decode(t)), float(lp)) for t, lp in zip(ts, lps, strict=True)]
+            for ts, lps in zip(tokens, log_prob, strict=True)
+        ]
+
     def caption(
         self, image_inputs: np.ndarray, max_words: int | None = None
     ) -> list[tuple[str, float]]:
         """Greedy caption and its log-probability for each image input (pixels or features)."""
-        if max_words is None:
-            max_words = self.config.eval.max_decode_words
-        tokens, log_prob = decode.greedy(
-            self.model, {"params": self.params}, np.asarray(image_inputs), max_words
-        )
-        tokens, log_prob = jax.device_get((tokens, log_prob))
-        return [
-            (" ".join(self.vocab.decode(t)), float(lp))
-            for t, lp in zip(tokens, log_prob, strict=True)
-        ]
+        options = self.options() if max_words is None else self.options(max_words=max_words)
+        return [candidates[0] for candidates in self.generate(image_inputs, options)]
 
     def caption_files(
         self, paths: Sequence[str | os.PathLike], max_words: int | None = None

@@ -1,19 +1,35 @@
-"""Caption generation from the model's recurrent step and multimodal head.
+"""Caption generation: greedy, sampling and beam search, jitted and batched over images.
 
-Every decoder is a pure jitted function of ``(params, image_inputs)`` batched over images, built
-on :meth:`MRNN.recur_step` and :meth:`MRNN.head`: the image projection V_I I is computed once
-per image, then each step runs the recurrent layer and the head.
+All three are built on one step-function interface, ``step_fn(carry, tokens) -> (log_probs,
+carry)`` over a flat batch of hypotheses, which the m-RNN provides through
+:meth:`MRNN.recur_step` and :meth:`MRNN.head` (:func:`mrnn_step_fn`): the image projection
+V_I I is computed once per image, then each step runs the recurrent layer and the head.
+Toy models (Markov chains in the tests) plug into the same interface.
+
+Conventions shared by every strategy: a caption has at most ``max_words`` words, followed by
+the end token if the model chose it; padding and the start token are never generated; scores
+are the model's log-probabilities of the emitted tokens (end token included when emitted).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN
 from mrnn_jax.vocab import END_ID, PAD_ID, START_ID
+
+StepFn = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
+"""``(carry, tokens [N]) -> (log_probs [N, V], carry)``: one step of a language model."""
+
+NEG_INF = -1.0e9  # a finite "impossible", so that sums and comparisons stay well defined
 
 
 def word_choices(log_probs: jax.Array) -> jax.Array:
@@ -25,6 +41,56 @@ def word_choices(log_probs: jax.Array) -> jax.Array:
     return jnp.where(banned, -jnp.inf, log_probs)
 
 
+def mrnn_step_fn(model: MRNN, params: dict, image_projection: jax.Array) -> StepFn:
+    """The m-RNN as a step function; ``image_projection [N, M]`` is V_I I per hypothesis."""
+
+    def step_fn(r_prev: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        w, r = model.apply(params, r_prev, tokens, method=MRNN.recur_step)
+        logits = model.apply(params, w, r, image_projection, method=MRNN.head)
+        return jax.nn.log_softmax(logits.astype(jnp.float32)), r
+
+    return step_fn
+
+
+# --- greedy and sampling -----------------------------------------------------------------
+
+
+def decode_by_choice(
+    step_fn: StepFn,
+    carry: Any,
+    batch: int,
+    max_words: int,
+    choose: Callable[[jax.Array, jax.Array], jax.Array],
+) -> tuple[jax.Array, jax.Array]:
+    """Left-to-right decoding where ``choose(log_probs, t)`` picks each next word.
+
+    Returns ``(tokens [B, max_words + 1], log_prob [B])``.
+    """
+
+    def step(state, t):
+        carry, previous, done, log_prob = state
+        log_probs, carry = step_fn(carry, previous)
+        word = choose(word_choices(log_probs), t).astype(jnp.int32)
+        # After max_words words only the end token may still be emitted.
+        done = done | ((t == max_words) & (word != END_ID))
+        chosen = jnp.take_along_axis(log_probs, word[:, None], axis=-1)[:, 0]
+        log_prob = log_prob + jnp.where(done, 0.0, chosen)
+        emitted = jnp.where(done, PAD_ID, word)
+        done = done | (word == END_ID)
+        return (carry, word, done, log_prob), emitted
+
+    start = jnp.full((batch,), START_ID, jnp.int32)
+    init = (carry, start, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
+    (_, _, _, log_prob), tokens = jax.lax.scan(step, init, jnp.arange(max_words + 1))
+    return jnp.swapaxes(tokens, 0, 1), log_prob
+
+
+def _start(model: MRNN, params: dict, image_inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    image_projection = model.apply(params, image_inputs, method=MRNN.project_image)
+    r0 = model.apply(params, image_inputs.shape[0], method=MRNN.initial_carry)
+    return image_projection, r0
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_words"))
 def greedy(
     model: MRNN, params: dict, image_inputs: jax.Array, max_words: int
@@ -33,29 +99,286 @@ def greedy(
 
     Returns ``(tokens [B, max_words + 1], log_prob [B])``: at most ``max_words`` words, then
     the end token if the model chose it, then padding; and the log-probability of the emitted
-    tokens (end token included when emitted). A caption that has not ended after
-    ``max_words`` words is cut there.
+    tokens. A caption that has not ended after ``max_words`` words is cut there.
     """
-    batch = image_inputs.shape[0]
-    image_projection = model.apply(params, image_inputs, method=MRNN.project_image)
-    r0 = model.apply(params, batch, method=MRNN.initial_carry)
+    image_projection, r0 = _start(model, params, image_inputs)
+    step_fn = mrnn_step_fn(model, params, image_projection)
+    choose = lambda log_probs, t: jnp.argmax(log_probs, axis=-1)
+    return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose)
 
-    def step(carry, t):
-        r_prev, previous, done, log_prob = carry
-        w, r = model.apply(params, r_prev, previous, method=MRNN.recur_step)
-        logits = model.apply(params, w, r, image_projection, method=MRNN.head)
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-        word = jnp.argmax(word_choices(log_probs), axis=-1).astype(jnp.int32)
-        # After max_words words only the end token may still be emitted.
-        done = done | ((t == max_words) & (word != END_ID))
-        chosen = jnp.take_along_axis(log_probs, word[:, None], axis=-1)[:, 0]
-        log_prob = log_prob + jnp.where(done, 0.0, chosen)
-        emitted = jnp.where(done, PAD_ID, word)
-        done = done | (word == END_ID)
-        return (r, word, done, log_prob), emitted
 
-    start = jnp.full((batch,), START_ID, jnp.int32)
-    init = (r0, start, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
-    steps = jnp.arange(max_words + 1)
-    (_, _, _, log_prob), tokens = jax.lax.scan(step, init, steps)
-    return jnp.swapaxes(tokens, 0, 1), log_prob
+@functools.partial(jax.jit, static_argnames=("model", "max_words"))
+def sample(
+    model: MRNN,
+    params: dict,
+    image_inputs: jax.Array,
+    max_words: int,
+    rng: jax.Array,
+    temperature: float | jax.Array = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """Words drawn from the model's distribution (sharpened or flattened by ``temperature``).
+
+    The 2014 paper's generation. Reproducible from ``rng``. Returns the same as
+    :func:`greedy`; ``log_prob`` is under the model itself, whatever the temperature.
+    """
+    image_projection, r0 = _start(model, params, image_inputs)
+    step_fn = mrnn_step_fn(model, params, image_projection)
+
+    def choose(log_probs, t):
+        return jax.random.categorical(jax.random.fold_in(rng, t), log_probs / temperature)
+
+    return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose)
+
+
+# --- beam search -------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class BeamState:
+    """The fixed-shape state of beam search for ``B`` images, ``K`` beams, ``L`` positions.
+
+    Attributes:
+      t: the position being generated (0-based).
+      live_tokens: ``[B, K, L]`` tokens of the live (unfinished) beams, padding after ``t``.
+      live_log_prob: ``[B, K]`` their log-probabilities (``NEG_INF`` for empty slots).
+      carry: the step function's carry for the ``B * K`` live beams.
+      finished_tokens: ``[B, K, L]`` the best finished sequences so far.
+      finished_log_prob: ``[B, K]`` their log-probabilities.
+      finished_score: ``[B, K]`` their scores (log-probability over the length penalty;
+        ``NEG_INF`` for empty slots).
+    """
+
+    t: jax.Array
+    live_tokens: jax.Array
+    live_log_prob: jax.Array
+    carry: Any
+    finished_tokens: jax.Array
+    finished_log_prob: jax.Array
+    finished_score: jax.Array
+
+
+def length_penalty(length: jax.Array, alpha: float | jax.Array) -> jax.Array:
+    """GNMT length penalty ((5 + length) / 6) ** alpha; alpha = 0 scores by log-probability."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _gather_beams(tree: Any, indices: jax.Array, batch: int, beams: int) -> Any:
+    """Selects beams ``indices [B, K']`` from every ``[B * K, ...]`` leaf of ``tree``."""
+
+    def gather(x):
+        x = x.reshape((batch, beams) + x.shape[1:])
+        x = jnp.take_along_axis(x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
+        return x.reshape((-1,) + x.shape[2:])
+
+    return jax.tree.map(gather, tree)
+
+
+def beam_search(
+    step_fn: StepFn,
+    carry: Any,
+    batch: int,
+    beam_size: int,
+    max_words: int,
+    alpha: float | jax.Array = 0.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Beam search over ``step_fn`` as one ``lax.while_loop`` on a :class:`BeamState`.
+
+    ``carry`` is the initial carry for ``batch`` sequences; it is repeated for the beams.
+    Each step expands the ``K`` live beams and keeps the best ``2K`` candidates, so that ``K``
+    live beams survive even when ``K`` candidates end together; those among the best ``K``
+    that end move into the finished set (scored with :func:`length_penalty`, ``alpha >= 0``);
+    it stops early once no live beam can beat the worst finished one. If fewer than ``K`` sequences
+    finished (the model never chose the end token), the best live ones fill the list, cut at
+    ``max_words`` words.
+
+    Returns ``(tokens [B, K, max_words + 1], log_prob [B, K], score [B, K])``, best first.
+    """
+    k, length = beam_size, max_words + 1
+    pad = jnp.full((batch, k, length), PAD_ID, jnp.int32)
+    first_live = jnp.full((batch, k), NEG_INF, jnp.float32).at[:, 0].set(0.0)
+    beams_carry = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), carry)
+    state = BeamState(
+        t=jnp.zeros((), jnp.int32),
+        live_tokens=pad,
+        live_log_prob=first_live,
+        carry=beams_carry,
+        finished_tokens=pad,
+        finished_log_prob=jnp.full((batch, k), NEG_INF, jnp.float32),
+        finished_score=jnp.full((batch, k), NEG_INF, jnp.float32),
+    )
+    # The largest length penalty any live beam can still reach bounds its best future score.
+    best_penalty = length_penalty(jnp.float32(length), alpha)
+
+    def not_done(state: BeamState) -> jax.Array:
+        # Log-probabilities only fall as words are added, and the penalty only grows with
+        # length (alpha >= 0), so a live beam's best possible score is bounded by this.
+        best_live = state.live_log_prob[:, 0] / best_penalty
+        worst_finished = state.finished_score[:, -1]
+        can_improve = (best_live > worst_finished) & (state.live_log_prob[:, 0] > NEG_INF / 2)
+        return (state.t < length) & jnp.any(can_improve)
+
+    def step(state: BeamState) -> BeamState:
+        t = state.t
+        last = jax.lax.dynamic_index_in_dim(
+            state.live_tokens, jnp.maximum(t - 1, 0), axis=2, keepdims=False
+        )
+        previous = jnp.where(t == 0, START_ID, last).reshape(-1)
+        log_probs, carry = step_fn(state.carry, previous)
+        vocab = log_probs.shape[-1]
+        log_probs = jnp.maximum(word_choices(log_probs), NEG_INF).reshape(batch, k, vocab)
+        candidates = (state.live_log_prob[:, :, None] + log_probs).reshape(batch, k * vocab)
+        top_log_prob, top_index = jax.lax.top_k(candidates, 2 * k)
+        parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+        valid = top_log_prob > NEG_INF / 2
+        # As in plain beam search, a hypothesis ends only if it ranks among the best K
+        # candidates (so beam 1 is greedy); the best K that continue stay live.
+        ends = (token == END_ID) & valid & (jnp.arange(2 * k) < k)[None]
+        continues = (token != END_ID) & valid
+
+        tokens = jnp.take_along_axis(state.live_tokens, parent[:, :, None], axis=1)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, :, None], t, axis=2)
+
+        # Finished: merge the new ends into the best K so far.
+        score = top_log_prob / length_penalty((t + 1).astype(jnp.float32), alpha)
+        all_score = jnp.concatenate([state.finished_score, jnp.where(ends, score, NEG_INF)], 1)
+        all_log_prob = jnp.concatenate(
+            [state.finished_log_prob, jnp.where(ends, top_log_prob, NEG_INF)], axis=1
+        )
+        all_tokens = jnp.concatenate([state.finished_tokens, tokens], axis=1)
+        finished_score, keep = jax.lax.top_k(all_score, k)
+        finished_log_prob = jnp.take_along_axis(all_log_prob, keep, axis=1)
+        finished_tokens = jnp.take_along_axis(all_tokens, keep[:, :, None], axis=1)
+
+        # Live: the best K candidates that continue. After max_words words nothing may
+        # continue: the live beams stay as they are (cut there) in case too few finished.
+        live_log_prob, keep = jax.lax.top_k(jnp.where(continues, top_log_prob, NEG_INF), k)
+        live_tokens = jnp.take_along_axis(tokens, keep[:, :, None], axis=1)
+        carry = _gather_beams(carry, jnp.take_along_axis(parent, keep, axis=1), batch, k)
+        last_step = t == length - 1
+        # ... except those that just ended, which would otherwise come back twice.
+        ended = jnp.zeros((batch, k), bool).at[jnp.arange(batch)[:, None], parent].max(ends)
+        kept = jnp.where(ended, NEG_INF, state.live_log_prob)
+        live_log_prob = jnp.where(last_step, kept, live_log_prob)
+        live_tokens = jnp.where(last_step, state.live_tokens, live_tokens)
+        carry = jax.tree.map(lambda new, old: jnp.where(last_step, old, new), carry, state.carry)
+        return BeamState(
+            t=t + 1,
+            live_tokens=live_tokens,
+            live_log_prob=live_log_prob,
+            carry=carry,
+            finished_tokens=finished_tokens,
+            finished_log_prob=finished_log_prob,
+            finished_score=finished_score,
+        )
+
+    state = jax.lax.while_loop(not_done, step, state)
+
+    # Finished sequences first, by score; then, if fewer than K finished, the best live
+    # beams (sequences cut at max_words words); empty slots last.
+    live_length = jnp.sum(state.live_tokens != PAD_ID, axis=2).astype(jnp.float32)
+    live_score = state.live_log_prob / length_penalty(live_length, alpha)
+    all_score = jnp.concatenate([state.finished_score, live_score], axis=1)
+    all_log_prob = jnp.concatenate([state.finished_log_prob, state.live_log_prob], axis=1)
+    all_tokens = jnp.concatenate([state.finished_tokens, state.live_tokens], axis=1)
+    tier = jnp.where(all_log_prob > NEG_INF / 2, (jnp.arange(2 * k) >= k).astype(jnp.int32), 2)
+    order = jnp.lexsort((-all_score, tier), axis=-1)[:, :k]
+    tokens = jnp.take_along_axis(all_tokens, order[:, :, None], axis=1)
+    log_prob = jnp.take_along_axis(all_log_prob, order, axis=1)
+    score = jnp.take_along_axis(all_score, order, axis=1)
+    return tokens, log_prob, score
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_words", "beam_size"))
+def beam(
+    model: MRNN,
+    params: dict,
+    image_inputs: jax.Array,
+    max_words: int,
+    beam_size: int,
+    alpha: float | jax.Array = 0.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Beam search for a batch of images; see :func:`beam_search` for what it returns."""
+    image_projection, r0 = _start(model, params, image_inputs)
+    per_beam = jnp.repeat(image_projection, beam_size, axis=0)
+    step_fn = mrnn_step_fn(model, params, per_beam)
+    return beam_search(step_fn, r0, image_inputs.shape[0], beam_size, max_words, alpha)
+
+
+# --- one interface -----------------------------------------------------------------------
+
+STRATEGIES = ("greedy", "sample", "beam")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """How to generate captions.
+
+    Attributes:
+      strategy: "greedy" (most probable word), "sample" (the 2014 paper) or "beam".
+      max_words: longest caption, in words (the end token comes on top).
+      beam_size: beams kept by beam search.
+      num_return: captions returned per image (at most ``beam_size`` for beam search; for
+        sampling, independent draws; greedy returns one).
+      temperature: sampling temperature (below 1 sharpens, above 1 flattens).
+      length_penalty: GNMT alpha for beam search (0 ranks by log-probability).
+      seed: sampling seed.
+    """
+
+    strategy: str = "greedy"
+    max_words: int = 20
+    beam_size: int = 3
+    num_return: int = 1
+    temperature: float = 1.0
+    length_penalty: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise MrnnError(
+                f"unknown decoding strategy {self.strategy!r}; choose from {STRATEGIES}"
+            )
+        if self.max_words < 1 or self.beam_size < 1 or self.num_return < 1:
+            raise MrnnError("max_words, beam_size and num_return must be positive")
+        if self.strategy == "beam" and self.num_return > self.beam_size:
+            raise MrnnError(f"cannot return {self.num_return} captions from {self.beam_size} beams")
+        if self.strategy == "greedy" and self.num_return != 1:
+            raise MrnnError("greedy decoding returns one caption per image")
+        if self.temperature <= 0:
+            raise MrnnError(f"temperature must be positive, got {self.temperature}")
+        if self.length_penalty < 0:
+            raise MrnnError(f"length_penalty must be >= 0, got {self.length_penalty}")
+
+
+def generate(
+    model: MRNN, params: dict, image_inputs: jax.Array, options: DecodeOptions
+) -> tuple[jax.Array, jax.Array]:
+    """Captions for a batch of images with any strategy.
+
+    Returns ``(tokens [B, N, max_words + 1], log_prob [B, N])`` with ``N = num_return``,
+    best first for beam search.
+    """
+    if options.strategy == "greedy":
+        tokens, log_prob = greedy(model, params, image_inputs, options.max_words)
+        return tokens[:, None], log_prob[:, None]
+    if options.strategy == "sample":
+        n = options.num_return
+        repeated = jnp.repeat(jnp.asarray(image_inputs), n, axis=0)
+        tokens, log_prob = sample(
+            model,
+            params,
+            repeated,
+            options.max_words,
+            jax.random.PRNGKey(options.seed),
+            jnp.float32(options.temperature),
+        )
+        batch = image_inputs.shape[0]
+        return tokens.reshape(batch, n, -1), log_prob.reshape(batch, n)
+    tokens, log_prob, _ = beam(
+        model,
+        params,
+        image_inputs,
+        options.max_words,
+        options.beam_size,
+        jnp.float32(options.length_penalty),
+    )
+    return tokens[:, : options.num_return], log_prob[:, : options.num_return]

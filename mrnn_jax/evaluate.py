@@ -7,12 +7,14 @@ caller's business.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from mrnn_jax import decode, metrics, sharding
 from mrnn_jax.data.pipeline import CaptionTable, SplitData, eval_batches, image_batches
@@ -64,27 +66,35 @@ def split_perplexity(
     }
 
 
-def greedy_captions(
+def generate_captions(
     model: MRNN,
     params: dict,
     inputs: np.ndarray,
     vocab: Vocabulary,
+    options: decode.DecodeOptions,
     batch_size: int,
-    max_words: int,
     mesh: Mesh,
-) -> tuple[list[str], list[float]]:
-    """The greedy caption and its log-probability for every image input."""
+    progress: bool = False,
+) -> list[list[tuple[str, float]]]:
+    """For every image input, ``options.num_return`` captions with their log-probabilities."""
     sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
-    captions, log_probs = [], []
+    results = []
     variables = {"params": params}
-    for batch, count in image_batches(inputs, batch_size):
-        tokens, log_prob = decode.greedy(
-            model, variables, sharding.shard_batch(batch, mesh), max_words
+    batches = image_batches(inputs, batch_size)
+    total = -(-len(inputs) // batch_size)
+    for batch, count in tqdm(batches, total=total, desc="decode", disable=not progress):
+        tokens, log_prob = decode.generate(
+            model, variables, sharding.shard_batch(batch, mesh), options
         )
         tokens, log_prob = jax.device_get((tokens, log_prob))
-        captions.extend(" ".join(vocab.decode(row)) for row in tokens[:count])
-        log_probs.extend(float(x) for x in log_prob[:count])
-    return captions, log_probs
+        for row_tokens, row_log_prob in zip(tokens[:count], log_prob[:count], strict=True):
+            results.append(
+                [
+                    (" ".join(vocab.decode(t)), float(lp))
+                    for t, lp in zip(row_tokens, row_log_prob, strict=True)
+                ]
+            )
+    return results
 
 
 def contains_phrase(caption: str, phrase: str) -> bool:
@@ -114,8 +124,71 @@ def evaluate_split(
     known). Returns ``(metrics, captions)``."""
     table = CaptionTable.build_uncut(data.records, vocab, max_words)
     result = split_perplexity(model, params, table, data.inputs, batch_size, mesh)
-    captions, _ = greedy_captions(model, params, data.inputs, vocab, batch_size, decode_words, mesh)
+    options = decode.DecodeOptions(strategy="greedy", max_words=decode_words)
+    generated = generate_captions(model, params, data.inputs, vocab, options, batch_size, mesh)
+    captions = [candidates[0][0] for candidates in generated]
     result["num_images"] = len(data.records)
     if data.scenes is not None:
         result["phrase_accuracy"] = shapes_phrase_accuracy(captions, data.scenes)
     return result, captions
+
+
+@dataclasses.dataclass
+class CaptioningResult:
+    """A captioning evaluation of one split with one decoding strategy.
+
+    Attributes:
+      metrics: perplexity, the coco-caption metrics (None where unavailable) and, for
+        ``shapes``, the share of captions naming the largest object.
+      unavailable: metric -> why it could not be computed.
+      image_ids: the evaluated images, in order.
+      captions: per image, the generated captions with log-probabilities, best first.
+      references: per image, the reference captions.
+      per_image: per image, its own metric values (e.g. CIDEr-D).
+    """
+
+    metrics: dict[str, float | None]
+    unavailable: dict[str, str]
+    image_ids: list
+    captions: list[list[tuple[str, float]]]
+    references: list[list[str]]
+    per_image: list[dict[str, float]]
+
+
+def evaluate_captioning(
+    model: MRNN,
+    params: dict,
+    data: SplitData,
+    vocab: Vocabulary,
+    options: decode.DecodeOptions,
+    *,
+    max_words: int,
+    batch_size: int,
+    mesh: Mesh,
+    progress: bool = False,
+) -> CaptioningResult:
+    """Perplexity, generated captions and the coco-caption metrics of one split."""
+    from mrnn_jax import caption_metrics
+
+    table = CaptionTable.build_uncut(data.records, vocab, max_words)
+    lm = split_perplexity(model, params, table, data.inputs, batch_size, mesh)
+    generated = generate_captions(
+        model, params, data.inputs, vocab, options, batch_size, mesh, progress=progress
+    )
+    image_ids = [record.image_id for record in data.records]
+    hypotheses = {i: candidates[0][0] for i, candidates in zip(image_ids, generated, strict=True)}
+    references = {record.image_id: list(record.captions) for record in data.records}
+    scores = caption_metrics.score_captions(hypotheses, references)
+    metrics: dict[str, float | None] = {"perplexity": lm["perplexity"], **scores.corpus}
+    if data.scenes is not None:
+        metrics["largest object named"] = shapes_phrase_accuracy(
+            [hypotheses[i] for i in image_ids], data.scenes
+        )
+    return CaptioningResult(
+        metrics=metrics,
+        unavailable=dict(scores.unavailable),
+        image_ids=image_ids,
+        captions=generated,
+        references=[references[i] for i in image_ids],
+        per_image=[scores.per_image.get(i, {}) for i in image_ids],
+    )

@@ -79,3 +79,35 @@ def test_help_lists_commands():
     assert "train" in result.stdout and "caption" in result.stdout
     result = run_mrnn("train", "--help")
     assert "KEY=VALUE" in result.stdout and "resumes" in result.stdout
+
+
+def test_caption_beam_top_prints_n_captions_best_first(tiny_run, tmp_path):
+    path = str(tmp_path / "scene.png")
+    Image.fromarray(shapes.make_split("test", 1, seed=4).images[0]).save(path)
+    result = run_mrnn("caption", "--checkpoint", tiny_run, "--beam", "3", "--top", "3", path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    log_probs = [float(line.split("(log p = ")[1].rstrip(")")) for line in lines]
+    assert all(lp <= 0 for lp in log_probs)
+
+
+def test_caption_sampling_is_reproducible_from_its_seed(tiny_run, tmp_path):
+    path = str(tmp_path / "scene.png")
+    Image.fromarray(shapes.make_split("test", 1, seed=4).images[0]).save(path)
+    args = ["caption", "--checkpoint", tiny_run, "--sample", "--top", "2", "--temperature", "1.5"]
+    first = run_mrnn(*args, "--seed", "1", path)
+    again = run_mrnn(*args, "--seed", "1", path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout == again.stdout and len(first.stdout.strip().splitlines()) == 2
+
+
+def test_caption_conflicting_decoding_flags(tiny_run, tmp_path):
+    path = str(tmp_path / "scene.png")
+    Image.new("RGB", (8, 8)).save(path)
+    line = _one_line_error(
+        run_mrnn("caption", "--checkpoint", tiny_run, "--beam", "2", "--sample", path)
+    )
+    assert "--beam or --sample" in line
+    line = _one_line_error(run_mrnn("caption", "--checkpoint", tiny_run, "--top", "2", path))
+    assert "--top needs --beam or --sample" in line

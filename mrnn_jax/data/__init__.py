@@ -28,11 +28,31 @@ def load_dataset(dataset_config: Mapping, encoder_config: Mapping) -> dict[str, 
     raise MrnnError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
 
 
+def load_split(
+    dataset_config: Mapping, encoder_config: Mapping, split: str, max_images: int | None = None
+) -> SplitData:
+    """One split of a dataset, optionally only its first ``max_images`` images."""
+    splits = load_dataset(dataset_config, encoder_config)
+    if split not in splits:
+        raise MrnnError(
+            f"dataset {dataset_config['name']!r} has no split {split!r}: {sorted(splits)}"
+        )
+    data = splits[split]
+    if max_images is not None:
+        data = SplitData(
+            records=data.records[:max_images],
+            inputs=data.inputs[:max_images],
+            scenes=None if data.scenes is None else data.scenes[:max_images],
+        )
+    return data
+
+
 __all__ = [
     "CaptionTable",
     "ImageRecord",
     "SplitData",
     "eval_batches",
     "load_dataset",
+    "load_split",
     "train_batch",
 ]

@@ -1,0 +1,204 @@
+"""The paper's generation table for a trained checkpoint: perplexity and coco-caption metrics.
+
+Evaluates one split with greedy decoding and with beam search (and sampling on request), and
+writes, under --out:
+
+  captioning_<split>.json         every metric of every strategy, with the run's details
+  captioning_<split>.md           the same as a Markdown table (the paper's generation table:
+                                  PPL, BLEU-1..4, plus METEOR, ROUGE-L, CIDEr-D)
+  captions_<split>_<strategy>.json  generated captions in the coco-caption results format
+                                  [{"image_id": ..., "caption": ...}]
+  captioning_<split>.html         one self-contained page: each image with its generated
+                                  captions and references, sortable by per-image CIDEr-D
+
+Example:
+  python experiments/run_captioning.py --checkpoint runs/shapes --split test --beam 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import time
+
+from mrnn_jax import caption_metrics, captioner, evaluate, report, sharding
+from mrnn_jax.checkpoint import write_json_atomic
+from mrnn_jax.data import load_split
+from mrnn_jax.decode import DecodeOptions
+
+COLUMNS = (
+    "perplexity",
+    "BLEU-1",
+    "BLEU-2",
+    "BLEU-3",
+    "BLEU-4",
+    "METEOR",
+    "ROUGE-L",
+    "CIDEr-D",
+    "largest object named",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        description="Write the m-RNN generation table (perplexity, BLEU-1..4, METEOR, ROUGE-L, "
+        "CIDEr-D) of a checkpoint on one split, its captions in the coco-caption results "
+        "format, and an HTML page of the results.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="work directory of 'mrnn train'")
+    parser.add_argument("--latest", action="store_true", help="latest checkpoint, not the best")
+    parser.add_argument("--split", default="test", help="split of the checkpoint's dataset")
+    parser.add_argument(
+        "--beam",
+        type=int,
+        nargs="*",
+        default=[3],
+        metavar="K",
+        help="beam sizes to evaluate besides greedy (none: greedy only)",
+    )
+    parser.add_argument(
+        "--length-penalty", type=float, default=0.0, help="beam search length penalty alpha"
+    )
+    parser.add_argument(
+        "--sample", action="store_true", help="also evaluate sampling (the 2014 paper)"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--max-images", type=int, default=None, help="first N images only")
+    parser.add_argument("--max-words", type=int, default=None, help="longest caption in words")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per batch")
+    parser.add_argument("--out", default="results", help="output folder")
+    parser.add_argument(
+        "--html-images", type=int, default=200, help="images shown on the HTML page"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def strategies(args: argparse.Namespace, max_words: int) -> dict[str, DecodeOptions]:
+    """The decoding strategies to evaluate, by display name."""
+    out = {"greedy": DecodeOptions(strategy="greedy", max_words=max_words)}
+    for k in args.beam:
+        out[f"beam K={k}"] = DecodeOptions(
+            strategy="beam", beam_size=k, max_words=max_words, length_penalty=args.length_penalty
+        )
+    if args.sample:
+        out[f"sample T={args.temperature:g}"] = DecodeOptions(
+            strategy="sample", max_words=max_words, temperature=args.temperature, seed=args.seed
+        )
+    return out
+
+
+def markdown_table(rows: dict[str, dict[str, float | None]]) -> str:
+    """One row per strategy, one column per metric present in any row."""
+    columns = [c for c in COLUMNS if any(c in metrics for metrics in rows.values())]
+    lines = ["| decoding | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, metrics in rows.items():
+        cells = []
+        for column in columns:
+            value = metrics.get(column)
+            cells.append("n/a" if value is None else f"{value:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Evaluates every strategy and writes the outputs."""
+    args = parse_args(argv)
+    started = time.time()
+    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    max_words = args.max_words or model.config.eval.max_decode_words
+    data = load_split(model.config.dataset, model.config.encoder, args.split, args.max_images)
+    mesh = sharding.make_mesh()
+    batch_size = args.batch_size or model.config.eval.batch_size
+    batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
+    params = sharding.replicate(model.params, mesh)
+    os.makedirs(args.out, exist_ok=True)
+
+    rows, results = {}, {}
+    for name, options in strategies(args, max_words).items():
+        result = evaluate.evaluate_captioning(
+            model.model,
+            params,
+            data,
+            model.vocab,
+            options,
+            max_words=model.config.dataset.max_words,
+            batch_size=batch_size,
+            mesh=mesh,
+            progress=not args.no_progress,
+        )
+        rows[name], results[name] = result.metrics, result
+        slug = name.replace(" ", "").replace("=", "")
+        caption_metrics.save_results(
+            os.path.join(args.out, f"captions_{args.split}_{slug}.json"),
+            dict(zip(result.image_ids, (c[0][0] for c in result.captions), strict=True)),
+        )
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in result.metrics.items()
+            )
+        )
+
+    table = markdown_table(rows)
+    details = (
+        f"{os.path.abspath(args.checkpoint)} (step {model.step}), split {args.split} "
+        f"({len(data.records)} images), {platform.machine()} with {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+    unavailable = next(iter(results.values())).unavailable
+    notes = "".join(f"\n- {k}: not computed ({v})" for k, v in unavailable.items())
+    with open(os.path.join(args.out, f"captioning_{args.split}.md"), "w", encoding="utf-8") as f:
+        f.write(f"{table}\n\n{details}{notes}\n")
+    write_json_atomic(
+        os.path.join(args.out, f"captioning_{args.split}.json"),
+        {
+            "checkpoint": os.path.abspath(args.checkpoint),
+            "step": model.step,
+            "split": args.split,
+            "num_images": len(data.records),
+            "strategies": {
+                name: {"decoding": dataclasses.asdict(opts), "metrics": rows[name]}
+                for name, opts in strategies(args, max_words).items()
+            },
+            "unavailable": unavailable,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d"),
+            "seconds": time.time() - started,
+        },
+    )
+    best_name = list(results)[-1] if len(results) > 1 else "greedy"
+    shown = results[best_name]
+    items = []
+    for i in range(min(args.html_images, len(shown.image_ids))):
+        captions = [
+            (f"[{name}] {results[name].captions[i][0][0]}", results[name].captions[i][0][1])
+            for name in results
+        ]
+        items.append(
+            report.ReportItem(
+                image_id=shown.image_ids[i],
+                captions=captions,
+                references=shown.references[i],
+                score=shown.per_image[i].get("CIDEr-D"),
+                image=data.inputs[i] if model.takes_pixels else None,
+                image_path=data.records[i].file_path,
+            )
+        )
+    report.write_html(
+        os.path.join(args.out, f"captioning_{args.split}.html"),
+        items,
+        title=f"m-RNN captions: {args.split} split ({best_name} scores)",
+        summary={f"{name} {k}": v for name, m in rows.items() for k, v in m.items()},
+        score_name=f"CIDEr-D ({best_name})",
+    )
+    print(f"\n{table}\n\n{details}\nwritten to {os.path.abspath(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""Tests for the HTML results page: structure, escaping, images, summary, sorting, atomicity."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import urllib.parse
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mrnn_jax import report
+from mrnn_jax.errors import MrnnError
+from mrnn_jax.report import ReportItem, write_html
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+
+
+class Element:
+    """A parsed element: tag, attributes, children (elements and text strings)."""
+
+    def __init__(self, tag: str, attrs: dict[str, str | None], parent: Element | None) -> None:
+        self.tag, self.attrs, self.parent = tag, attrs, parent
+        self.children: list[Element | str] = []
+
+    @property
+    def classes(self) -> list[str]:
+        return (self.attrs.get("class") or "").split()
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def iter(self):
+        yield self
+        for c in self.children:
+            if isinstance(c, Element):
+                yield from c.iter()
+
+    def find_all(self, tag: str | None = None, cls: str | None = None) -> list[Element]:
+        return [
+            e
+            for e in self.iter()
+            if (tag is None or e.tag == tag) and (cls is None or cls in e.classes)
+        ]
+
+
+class Collector(HTMLParser):
+    """Builds an :class:`Element` tree and checks that every end tag closes its element."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Element("#document", {}, None)
+        self.current = self.root
+        self.doctype: str | None = None
+
+    def handle_decl(self, decl: str) -> None:
+        self.doctype = decl
+
+    def handle_starttag(self, tag, attrs) -> None:
+        element = Element(tag, dict(attrs), self.current)
+        self.current.children.append(element)
+        if tag not in _VOID:
+            self.current = element
+
+    def handle_startendtag(self, tag, attrs) -> None:
+        self.current.children.append(Element(tag, dict(attrs), self.current))
+
+    def handle_endtag(self, tag) -> None:
+        assert self.current.tag == tag, f"</{tag}> closes <{self.current.tag}>"
+        self.current = self.current.parent
+
+    def handle_data(self, data) -> None:
+        self.current.children.append(data)
+
+
+def parse(path: Path) -> Element:
+    collector = Collector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    collector.close()
+    assert collector.current is collector.root, "unclosed elements"
+    assert collector.doctype is not None and collector.doctype.lower() == "doctype html"
+    return collector.root
+
+
+def _pixels(seed: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def _decode_data_uri(src: str) -> np.ndarray:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    with Image.open(io.BytesIO(base64.b64decode(src[len(prefix) :], validate=True))) as im:
+        assert im.format == "PNG"
+        return np.asarray(im)
+
+
+def _write(tmp_path: Path, items, name: str = "report.html", **kwargs) -> tuple[Path, Element]:
+    path = tmp_path / name
+    kwargs.setdefault("title", "Results")
+    write_html(str(path), items, **kwargs)
+    return path, parse(path)
+
+
+def test_one_item_per_input_with_id_score_and_index(tmp_path: Path) -> None:
+    scores = [0.1, None, 2.5, float("nan"), float("inf"), 1 / 3]
+    items = [
+        ReportItem(image_id=i if i % 2 else f"img-{i}", captions=[], references=[], score=s)
+        for i, s in enumerate(scores)
+    ]
+    _, root = _write(tmp_path, items)
+    cards = root.find_all(cls="item")
+    assert [c.attrs["data-image-id"] for c in cards] == [
+        "img-0",
+        "1",
+        "img-2",
+        "3",
+        "img-4",
+        "5",
+    ]
+    assert [c.attrs["data-index"] for c in cards] == [str(i) for i in range(6)]
+    attrs = [c.attrs["data-score"] for c in cards]
+    assert attrs[1] == attrs[3] == ""  # None and NaN: no score
+    assert [float(attrs[i]) for i in (0, 2, 4, 5)] == [0.1, 2.5, float("inf"), 1 / 3]  # exact
+    shown = [c.find_all(cls="score-value")[0].text() for c in cards]
+    assert shown == ["0.1000", "n/a", "2.5000", "n/a", "inf", "0.3333"]
+
+
+def test_captions_references_and_ids_are_escaped(tmp_path: Path) -> None:
+    nasty = "a <b>& \"quoted\" 'x' </article>"
+    item = ReportItem(
+        image_id='id"<i>',
+        captions=[(nasty, -1.23456), ("a red circle", -0.5)],
+        references=["ref <b>one</b> & two", "a red circle"],
+        score=1.0,
+    )
+    path, root = _write(tmp_path, [item], title="Title <b>&", score_name="CIDEr <x>")
+    assert root.find_all("b") == [] and root.find_all("i") == [] and root.find_all("x") == []
+    (card,) = root.find_all(cls="item")
+    assert card.attrs["data-image-id"] == 'id"<i>'
+    assert [c.text() for c in card.find_all(cls="caption")] == [nasty, "a red circle"]
+    assert [r.text() for r in card.find_all(cls="reference")] == [
+        "ref <b>one</b> & two",
+        "a red circle",
+    ]
+    logprobs = card.find_all(cls="logprob")
+    assert [float(lp.attrs["data-logprob"]) for lp in logprobs] == [-1.23456, -0.5]
+    assert "-1.235" in logprobs[0].text()
+    assert root.find_all("title")[0].text() == "Title <b>&"
+    assert root.find_all("h1")[0].text() == "Title <b>&"
+    assert "CIDEr <x>" in card.find_all(cls="score")[0].text()
+    assert "&lt;b&gt;&amp;" in path.read_text(encoding="utf-8")
+
+
+def test_embedded_images_decode_to_the_original_pixels(tmp_path: Path) -> None:
+    images = [_pixels(0), _pixels(1, size=40)]
+    items = [ReportItem(i, [("x", -1.0)], ["x"], image=im) for i, im in enumerate(images)]
+    _, root = _write(tmp_path, items)
+    thumbs = root.find_all("img", cls="thumb")
+    assert len(thumbs) == 2
+    for img, original in zip(thumbs, images, strict=True):
+        np.testing.assert_array_equal(_decode_data_uri(img.attrs["src"]), original)
+        assert "pixelated" in img.classes  # small images are scaled up without blurring
+        assert img.attrs["width"] == str(report.THUMB_WIDTH)
+        assert img.attrs["alt"]
+
+
+def test_grey_and_large_images(tmp_path: Path) -> None:
+    grey = np.arange(64 * 32, dtype=np.uint8).reshape(32, 64)
+    large = np.zeros((200, 800, 3), np.uint8)
+    items = [ReportItem("g", [], [], image=grey), ReportItem("l", [], [], image=large)]
+    _, root = _write(tmp_path, items)
+    g, big = root.find_all("img", cls="thumb")
+    np.testing.assert_array_equal(_decode_data_uri(g.attrs["src"]), grey)
+    assert g.attrs["height"] == str(report.THUMB_WIDTH // 2)
+    shrunk = _decode_data_uri(big.attrs["src"])  # kept small: the page embeds every image
+    assert shrunk.shape == (report.MAX_EMBEDDED_SIDE // 4, report.MAX_EMBEDDED_SIDE, 3)
+    assert "pixelated" not in big.classes
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 4), np.uint8), np.zeros((0, 8, 3), np.uint8)],
+)
+def test_bad_images_raise_before_writing(tmp_path: Path, image: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        write_html(str(tmp_path / "r.html"), [ReportItem(1, [], [], image=image)], title="t")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_and_image_path_together_raise(tmp_path: Path) -> None:
+    item = ReportItem(1, [], [], image=_pixels(0), image_path="a.png")
+    with pytest.raises(ValueError, match="not both"):
+        write_html(str(tmp_path / "r.html"), [item], title="t")
+
+
+def test_image_paths_are_relative_to_the_page(tmp_path: Path, monkeypatch) -> None:
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    Image.fromarray(_pixels(2, size=32)).save(image_dir / "a b#1.png")
+    monkeypatch.chdir(tmp_path)  # a relative image_path is relative to the current folder
+    items = [
+        ReportItem("abs", [], [], image_path=str(image_dir / "a b#1.png")),
+        ReportItem("rel", [], [], image_path="images/a b#1.png"),
+        ReportItem("missing", [], [], image_path=str(tmp_path / "pages" / "gone.png")),
+        ReportItem("none", [], []),
+    ]
+    page = tmp_path / "pages" / "sub" / "report.html"  # parent folders are created
+    write_html(str(page), items, title="t")
+    root = parse(page)
+    cards = root.find_all(cls="item")
+    srcs = [c.find_all("img", cls="thumb")[0].attrs["src"] for c in cards[:3]]
+    assert srcs[:2] == ["../../images/a%20b%231.png"] * 2
+    assert srcs[2] == "../gone.png"
+    resolved = (page.parent / urllib.parse.unquote(srcs[0])).resolve()
+    assert resolved == (image_dir / "a b#1.png").resolve()
+    first = cards[0].find_all("img")[0]
+    assert "pixelated" in first.classes and first.attrs["height"] == str(report.THUMB_WIDTH)
+    assert "width" not in cards[2].find_all("img")[0].attrs  # unreadable: no size known
+    assert cards[3].find_all("img") == [] and cards[3].find_all(cls="no-image")
+
+
+def test_summary_table(tmp_path: Path) -> None:
+    summary = {"perplexity": 12.345678, "BLEU-4": None, "CIDEr-D": float("nan"), "split": "test"}
+    summary["images"] = 6
+    _, root = _write(tmp_path, [], summary=summary)
+    (table,) = root.find_all("table", cls="summary")
+    rows = {r.find_all("th")[0].text(): r.find_all("td")[0].text() for r in table.find_all("tr")}
+    assert rows == {
+        "perplexity": "12.3457",
+        "BLEU-4": "n/a",
+        "CIDEr-D": "n/a",
+        "split": "test",
+        "images": "6",
+    }
+    assert root.find_all(cls="item") == []
+
+
+def test_no_summary_no_table_and_empty_lists(tmp_path: Path) -> None:
+    _, root = _write(tmp_path, [ReportItem("a", [], [])], summary=None)
+    assert root.find_all("table") == []
+    assert len(root.find_all(cls="empty")) == 2  # no captions, no references
+
+
+def test_page_is_offline_and_has_the_sort_control(tmp_path: Path) -> None:
+    items = [ReportItem(i, [("c", -1.0)], ["r"], score=i, image=_pixels(i)) for i in range(3)]
+    path, root = _write(tmp_path, items, score_name="CIDEr-D")
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.IGNORECASE)
+    assert root.find_all("link") == [] and root.find_all("iframe") == []
+    assert all(s.attrs.get("src") is None for s in root.find_all("script"))
+    assert all(i.attrs["src"].startswith("data:") for i in root.find_all("img"))
+    (select,) = root.find_all("select")
+    options = select.find_all("option")
+    assert [o.attrs["value"] for o in options] == list(report.SORT_ORDERS)
+    assert "CIDEr-D" in options[1].text()
+    (script,) = root.find_all("script")
+    assert "sort-order" in script.text() and "addEventListener" in script.text()
+    assert root.find_all("main")[0].attrs["id"] == "items"
+
+
+_NODE_HARNESS = """
+const fs = require("fs");
+const [script, cards, hash] = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const items = cards.map((attrs) => ({ getAttribute: (name) => attrs[name] }));
+let order = items.slice();
+const grid = {
+  querySelectorAll: () => items.slice(),
+  appendChild(el) { order = order.filter((x) => x !== el); order.push(el); },
+};
+let onChange = null;
+const select = {
+  value: "original",
+  querySelector: (q) => (/"(original|score-desc|score-asc)"/.test(q) ? {} : null),
+  addEventListener(type, f) { if (type === "change") onChange = f; },
+};
+globalThis.document = { getElementById: (id) => (id === "items" ? grid : select) };
+globalThis.window = {
+  location: { hash },
+  history: { replaceState(state, title, url) { window.location.hash = url; } },
+};
+const ids = () => order.map((el) => el.getAttribute("data-image-id"));
+new Function(script)();
+const out = { initial: ids() };
+for (const value of ["score-desc", "score-asc", "original"]) {
+  select.value = value;
+  onChange();
+  out[value] = ids();
+  out[value + "-hash"] = window.location.hash;
+}
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_sort_script_orders_items_in_node(tmp_path: Path) -> None:
+    scores = [0.5, None, 2.0, -1.0, 0.5, float("inf")]
+    items = [ReportItem(f"i{k}", [], [], score=s) for k, s in enumerate(scores)]
+    _, root = _write(tmp_path, items)
+    script = root.find_all("script")[0].text()
+    cards = [c.attrs for c in root.find_all(cls="item")]
+    harness = tmp_path / "harness.js"
+    harness.write_text(_NODE_HARNESS, encoding="utf-8")
+    results = {}
+    for hash_ in ("", "#sort=score-asc", "#sort=bogus"):
+        data = tmp_path / "data.json"
+        data.write_text(json.dumps([script, cards, hash_]), encoding="utf-8")
+        done = subprocess.run(
+            ["node", str(harness), str(data)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        results[hash_] = json.loads(done.stdout)
+    original = [f"i{k}" for k in range(6)]
+    ascending = ["i3", "i0", "i4", "i2", "i5", "i1"]  # ties keep input order; no score last
+    out = results[""]
+    assert out["initial"] == original and out["original"] == original
+    assert out["score-desc"] == ["i5", "i2", "i0", "i4", "i3", "i1"]
+    assert out["score-asc"] == ascending
+    assert out["score-asc-hash"] == "#sort=score-asc"
+    assert results["#sort=score-asc"]["initial"] == ascending  # a bookmarked sorted view
+    assert results["#sort=bogus"]["initial"] == original
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report.os, "fsync", broken_fsync)
+    target = tmp_path / "report.html"
+    with pytest.raises(MrnnError, match="No space left"):
+        write_html(str(target), [ReportItem(1, [("c", -1.0)], ["r"])], title="t")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary file either
+
+
+def test_failed_replace_keeps_the_old_page(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "report.html"
+    write_html(target, [ReportItem("old", [], [])], title="old")
+    old = target.read_bytes()
+
+    def broken_replace(src, dst) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.os, "replace", broken_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_html(target, [ReportItem("new", [], [])], title="new")
+    assert target.read_bytes() == old
+    assert os.listdir(tmp_path) == ["report.html"]
+
+
+def test_overwrites_and_is_readable(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    write_html(target, [ReportItem("old", [], [])], title="old")
+    write_html(target, [ReportItem("new", [], [])], title="new")
+    assert [c.attrs["data-image-id"] for c in parse(target).find_all(cls="item")] == ["new"]
+    assert target.stat().st_mode & 0o044 == 0o044  # group and others may read the page
