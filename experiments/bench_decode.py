@@ -27,26 +27,27 @@ from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.vocab import END_ID, PAD_ID, START_ID
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _step(model: MRNN, params: dict, r_prev, tokens, projection):
-    w, r = model.apply(params, r_prev, tokens, method=MRNN.recur_step)
-    logits = model.apply(params, w, r, projection, method=MRNN.head)
-    return jax.nn.log_softmax(logits), r
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _step(model: MRNN, params: dict, carry, tokens, beams: int, projection):
+    """One jitted m-RNN step for ``beams`` hypotheses of one image (the baseline's kernel)."""
+    step_fn = decode.mrnn_step_fn(model, params, jnp.repeat(projection, beams, axis=0))
+    return step_fn(carry, tokens)
 
 
 def python_loop_beam(
     model: MRNN, params: dict, image: np.ndarray, k: int, max_words: int
 ) -> list[tuple[list[int], float]]:
-    """Beam search for one image with a Python loop around a jitted step (the baseline)."""
+    """Classic beam search for one image, a Python loop around a jitted step (the baseline).
+
+    Each step keeps the best K candidates; those that end are finished, the others continue.
+    """
     projection = model.apply(params, image[None], method=MRNN.project_image)
-    step = lambda carry, tokens: _step(
-        model, params, carry, tokens, jnp.repeat(projection, tokens.shape[0], 0)
-    )
-    beams = [([], 0.0, np.zeros((model.word_dim,), np.float32))]
+    beams = [([], 0.0)]
+    carry = model.apply(params, 1, method=MRNN.initial_carry)
     finished = []
     for t in range(max_words + 1):
         tokens = np.array([b[0][-1] if b[0] else START_ID for b in beams], np.int32)
-        log_probs, r = step(np.stack([b[2] for b in beams]), tokens)
+        log_probs, r = _step(model, params, carry, tokens, len(beams), projection)
         log_probs, r = np.array(log_probs), np.asarray(r)
         log_probs[:, [PAD_ID, START_ID]] = -np.inf
         candidates = sorted(
@@ -57,16 +58,17 @@ def python_loop_beam(
             ),
             reverse=True,
         )[:k]
-        next_beams = []
+        survivors = []
         for score, i, token in candidates:
             if token == END_ID:
                 finished.append((beams[i][0], score))
             elif t < max_words:
-                next_beams.append(([*beams[i][0], token], score, r[i]))
-        beams = next_beams
-        if not beams:
+                survivors.append((i, token, score))
+        if not survivors:
             break
-    return finished or [(b[0], b[1]) for b in beams]
+        beams = [([*beams[i][0], token], score) for i, token, score in survivors]
+        carry = r[[i for i, _, _ in survivors]]
+    return sorted(finished or beams, key=lambda b: -b[1])[:k]
 
 
 def _time(fn, repeats: int) -> float:
@@ -86,9 +88,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a trained run (default: random)")
     parser.add_argument("--vocab-size", type=int, default=10_000, help="for random weights")
     parser.add_argument("--feature-dim", type=int, default=4096, help="for random weights")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
-    parser.add_argument("--beam", type=int, default=3)
-    parser.add_argument("--max-words", type=int, default=20)
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 32, 256], help="images per batch"
+    )
+    parser.add_argument("--beam", type=int, default=3, help="beam size")
+    parser.add_argument("--max-words", type=int, default=20, help="longest caption, in words")
     parser.add_argument("--repeats", type=int, default=5, help="median of this many runs")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
@@ -100,7 +104,13 @@ def main() -> None:
         make_inputs = (
             (lambda n: np.random.default_rng(0).integers(0, 255, (n, *shape), dtype=np.uint8))
             if shape
-            else (lambda n: np.random.default_rng(0).normal(size=(n, args.feature_dim)))
+            else (
+                lambda n: (
+                    np.random.default_rng(0)
+                    .normal(size=(n, loaded.config.encoder.features_dim))
+                    .astype(np.float32)
+                )
+            )
         )
         name = args.checkpoint
     else:
@@ -123,7 +133,9 @@ def main() -> None:
         )
         rows.append({"batch": batch, "greedy": batch / greedy, f"beam {args.beam}": batch / beam})
     one = np.asarray(make_inputs(1))[0]
-    loop = _time(lambda: python_loop_beam(model, params, one, args.beam, args.max_words), 3)
+    loop = _time(
+        lambda: python_loop_beam(model, params, one, args.beam, args.max_words), args.repeats
+    )
     lines = [
         f"Captions per second ({name}; {platform.machine()}, {os.cpu_count()} cores, "
         f"{jax.devices()[0].platform}, {time.strftime('%Y-%m-%d')}; median of {args.repeats}):",

@@ -24,9 +24,11 @@ import platform
 import time
 
 from mrnn_jax import caption_metrics, captioner, evaluate, report, sharding
-from mrnn_jax.checkpoint import write_json_atomic
+from mrnn_jax.checkpoint import write_json_atomic, write_text_atomic
 from mrnn_jax.data import load_split
+from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.decode import DecodeOptions
+from mrnn_jax.errors import MrnnError
 
 COLUMNS = (
     "perplexity",
@@ -119,8 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     params = sharding.replicate(model.params, mesh)
     os.makedirs(args.out, exist_ok=True)
 
-    rows, results = {}, {}
-    for name, options in strategies(args, max_words).items():
+    table = CaptionTable.build_uncut(data.records, model.vocab, model.config.dataset.max_words)
+    perplexity = evaluate.split_perplexity(
+        model.model, params, table, data.inputs, batch_size, mesh
+    )["perplexity"]
+    chosen = strategies(args, max_words)
+    rows, results, unavailable = {}, {}, {}
+    for name, options in chosen.items():
         result = evaluate.evaluate_captioning(
             model.model,
             params,
@@ -131,8 +138,10 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=batch_size,
             mesh=mesh,
             progress=not args.no_progress,
+            perplexity=perplexity,
         )
         rows[name], results[name] = result.metrics, result
+        unavailable.update(result.unavailable)
         slug = name.replace(" ", "").replace("=", "")
         caption_metrics.save_results(
             os.path.join(args.out, f"captions_{args.split}_{slug}.json"),
@@ -145,16 +154,16 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
 
-    table = markdown_table(rows)
+    markdown = markdown_table(rows)
     details = (
         f"{os.path.abspath(args.checkpoint)} (step {model.step}), split {args.split} "
         f"({len(data.records)} images), {platform.machine()} with {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d')}"
     )
-    unavailable = next(iter(results.values())).unavailable
     notes = "".join(f"\n- {k}: not computed ({v})" for k, v in unavailable.items())
-    with open(os.path.join(args.out, f"captioning_{args.split}.md"), "w", encoding="utf-8") as f:
-        f.write(f"{table}\n\n{details}{notes}\n")
+    write_text_atomic(
+        os.path.join(args.out, f"captioning_{args.split}.md"), f"{markdown}\n\n{details}{notes}\n"
+    )
     write_json_atomic(
         os.path.join(args.out, f"captioning_{args.split}.json"),
         {
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             "num_images": len(data.records),
             "strategies": {
                 name: {"decoding": dataclasses.asdict(opts), "metrics": rows[name]}
-                for name, opts in strategies(args, max_words).items()
+                for name, opts in chosen.items()
             },
             "unavailable": unavailable,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -172,8 +181,9 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": time.time() - started,
         },
     )
-    best_name = list(results)[-1] if len(results) > 1 else "greedy"
-    shown = results[best_name]
+    # The page sorts by the per-image CIDEr-D of the last beam search (else greedy).
+    scored_by = next((n for n in reversed(results) if n.startswith("beam")), "greedy")
+    shown = results[scored_by]
     items = []
     for i in range(min(args.html_images, len(shown.image_ids))):
         captions = [
@@ -187,18 +197,21 @@ def main(argv: list[str] | None = None) -> None:
                 references=shown.references[i],
                 score=shown.per_image[i].get("CIDEr-D"),
                 image=data.inputs[i] if model.takes_pixels else None,
-                image_path=data.records[i].file_path,
+                image_path=None if model.takes_pixels else data.records[i].file_path,
             )
         )
     report.write_html(
         os.path.join(args.out, f"captioning_{args.split}.html"),
         items,
-        title=f"m-RNN captions: {args.split} split ({best_name} scores)",
+        title=f"m-RNN captions: {args.split} split ({scored_by} scores)",
         summary={f"{name} {k}": v for name, m in rows.items() for k, v in m.items()},
-        score_name=f"CIDEr-D ({best_name})",
+        score_name=f"CIDEr-D ({scored_by})",
     )
-    print(f"\n{table}\n\n{details}\nwritten to {os.path.abspath(args.out)}")
+    print(f"\n{markdown}\n\n{details}\nwritten to {os.path.abspath(args.out)}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MrnnError as error:
+        raise SystemExit(f"run_captioning.py: error: {error}") from None

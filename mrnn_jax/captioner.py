@@ -11,6 +11,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from mrnn_jax import checkpoint, configs, decode, metrics
+from mrnn_jax.data.pipeline import image_batches
 from mrnn_jax.encoders import takes_pixels
 from mrnn_jax.images import load_images
 from mrnn_jax.model import MRNN, make_model
@@ -51,18 +52,33 @@ class Captioner:
         return decode.DecodeOptions(**overrides)
 
     def generate(
-        self, image_inputs: np.ndarray, options: decode.DecodeOptions | None = None
+        self,
+        image_inputs: np.ndarray,
+        options: decode.DecodeOptions | None = None,
+        batch_size: int = 32,
     ) -> list[list[tuple[str, float]]]:
-        """For each image input, ``options.num_return`` captions with log-probabilities."""
+        """For each image input, up to ``options.num_return`` captions with log-probabilities,
+        best first (greedy by default). Images go through in padded batches of
+        ``batch_size`` (or fewer, for a few images), so a new image count does not recompile.
+        """
         options = options or self.options()
-        tokens, log_prob = decode.generate(
-            self.model, {"params": self.params}, np.asarray(image_inputs), options
-        )
-        tokens, log_prob = jax.device_get((tokens, log_prob))
-        return [
-            [(" ".join(self.vocab.decode(t)), float(lp)) for t, lp in zip(ts, lps, strict=True)]
-            for ts, lps in zip(tokens, log_prob, strict=True)
-        ]
+        image_inputs = np.asarray(image_inputs)
+        batch_size = min(batch_size, 1 << max(len(image_inputs) - 1, 0).bit_length())
+        results = []
+        for index, (batch, count) in enumerate(image_batches(image_inputs, batch_size)):
+            tokens, log_prob = decode.generate(
+                self.model, {"params": self.params}, batch, options, index * batch_size
+            )
+            tokens, log_prob = jax.device_get((tokens, log_prob))
+            for row_tokens, row_log_prob in zip(tokens[:count], log_prob[:count], strict=True):
+                results.append(
+                    [
+                        (" ".join(self.vocab.decode(t)), float(lp))
+                        for t, lp in zip(row_tokens, row_log_prob, strict=True)
+                        if decode.is_real(lp)
+                    ]
+                )
+        return results
 
     def caption(
         self, image_inputs: np.ndarray, max_words: int | None = None

@@ -168,10 +168,14 @@ def restore_params(directory: str, step: int, abstract_params: Any) -> Any:
     return restored["params"]
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Writes JSON to ``path`` through a temporary file, so no half-written file is left."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file, so no half-written file is left."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Writes JSON to ``path`` through a temporary file, so no half-written file is left."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

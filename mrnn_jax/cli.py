@@ -1,4 +1,4 @@
-"""The ``mrnn`` command line: ``mrnn train``, ``mrnn caption``.
+"""The ``mrnn`` command line: train, caption, evaluate, retrieve, search.
 
 Errors in the user's input (files, configs, checkpoints) print one line and exit with status 2.
 """
@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     caption = sub.add_parser(
         "caption",
         help="caption image files with a trained checkpoint",
-        description="Print a greedy caption and its log-probability for each image.",
+        description="Print captions (greedy by default; beam search or sampling on request) "
+        "and their log-probabilities for each image.",
     )
     caption.add_argument(
         "--checkpoint", required=True, help="work directory of 'mrnn train' (or a step dir)"
@@ -85,7 +86,61 @@ def _parser() -> argparse.ArgumentParser:
     _add_decoding_arguments(evaluate)
     evaluate.add_argument("--json", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    add_retrieve_parser(sub)
+
+    search = sub.add_parser(
+        "search",
+        help="find the images that best match a sentence",
+        description="Rank a folder of images (or a features file) by P(sentence | image) "
+        "under a trained checkpoint and print the best matches.",
+    )
+    search.add_argument("--checkpoint", required=True, help="work directory of 'mrnn train'")
+    search.add_argument("--latest", action="store_true", help="latest checkpoint, not best")
+    where = search.add_mutually_exclusive_group(required=True)
+    where.add_argument("--images", help="folder of images (searched recursively)")
+    where.add_argument(
+        "--features", help="precomputed features: .npz with 'features' and 'filenames'"
+    )
+    search.add_argument("--top", type=int, default=5, help="matches to print (default: 5)")
+    search.add_argument("sentence", help='the query, e.g. "a red circle above a square"')
     return parser
+
+
+def add_retrieve_parser(sub) -> argparse.ArgumentParser:
+    """The ``retrieve`` command's options (shared with experiments/run_retrieval.py)."""
+    retrieve = sub.add_parser(
+        "retrieve",
+        help="image-sentence retrieval metrics of a checkpoint on a split",
+        description="Rank images for each sentence by P(S|I) and sentences for each image by "
+        "P(S|I)/P(S) (and raw P(S|I)); report R@1, R@5, R@10, median and mean rank as in "
+        "the paper's tables, as JSON, Markdown and an HTML page of example queries.",
+    )
+    retrieve.add_argument("--checkpoint", required=True, help="work directory of 'mrnn train'")
+    retrieve.add_argument("--latest", action="store_true", help="latest checkpoint, not best")
+    retrieve.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    retrieve.add_argument("--max-images", type=int, default=None, help="first N images only")
+    retrieve.add_argument(
+        "--prior-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="estimate P(S) over N sampled training images (default: the split's images)",
+    )
+    retrieve.add_argument(
+        "--coco-1k",
+        action="store_true",
+        help="COCO's 1K-test protocol: folds of 1,000 images, metrics averaged",
+    )
+    retrieve.add_argument("--sentence-tile", type=int, default=16, help="sentences per tile")
+    retrieve.add_argument("--image-tile", type=int, default=32, help="images per tile")
+    retrieve.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    retrieve.add_argument("--out", default=None, help="folder for the Markdown table and HTML")
+    retrieve.add_argument(
+        "--html-queries", type=int, default=10, help="example queries per direction on the page"
+    )
+    retrieve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return retrieve
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,8 +157,14 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptions:
     if args.beam is not None and args.sample:
         raise MrnnError("choose --beam or --sample, not both")
+    if not args.sample and (args.temperature != 1.0 or args.seed != 0):
+        raise MrnnError("--temperature and --seed apply to --sample only")
+    if args.beam is None and args.length_penalty != 0.0:
+        raise MrnnError("--length-penalty applies to --beam only")
     top = getattr(args, "top", 1)
-    max_words = getattr(args, "max_words", None) or default_words
+    max_words = getattr(args, "max_words", None)
+    if max_words is None:
+        max_words = default_words
     if args.beam is not None:
         return DecodeOptions(
             strategy="beam",
@@ -212,6 +273,66 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrieve(args: argparse.Namespace) -> int:
+    from mrnn_jax import captioner, retrieval_report
+
+    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    retrieval_report.run(model, args)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mrnn_jax import captioner, retrieval
+    from mrnn_jax.data.features import load_features
+    from mrnn_jax.images import ImageError
+    from mrnn_jax.vocab import tokenize
+
+    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    if args.features:
+        if model.takes_pixels:
+            raise MrnnError(f"{args.checkpoint} reads images; use --images, not --features")
+        names, inputs = load_features(args.features)
+    else:
+        if not model.takes_pixels:
+            raise MrnnError(
+                f"{args.checkpoint} was trained on precomputed features; pass --features"
+            )
+        if not os.path.isdir(args.images):
+            raise MrnnError(f"{args.images}: no such folder")
+        paths = sorted(
+            os.path.join(root, f)
+            for root, _, files in os.walk(args.images)
+            for f in files
+            if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif"))
+        )
+        names, images, skipped = [], [], 0
+        for path in paths:
+            try:
+                images.append(model.load_images([path])[0])
+                names.append(path)
+            except ImageError as error:
+                skipped += 1
+                logging.getLogger("mrnn_jax").warning("skipped %s", error)
+        if not images:
+            raise MrnnError(f"{args.images}: no readable images")
+        if skipped:
+            print(f"skipped {skipped} unreadable image(s)", file=sys.stderr)
+        inputs = np.stack(images)
+    words = tokenize(args.sentence)
+    if not words:
+        raise MrnnError("the query has no words")
+    tokens = model.vocab.encode_batch([words], model.config.dataset.max_words)
+    scores = retrieval.score_matrix(model.model, {"params": model.params}, tokens, inputs)[0]
+    unknown = [w for w in words if w not in model.vocab]
+    if unknown:
+        print(f"words not in the vocabulary (read as <unk>): {' '.join(unknown)}", file=sys.stderr)
+    for index in np.argsort(-scores, kind="stable")[: args.top]:
+        print(f"{scores[index]:10.3f}\t{names[index]}")
+    return 0
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -227,7 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging()
     try:
-        commands = {"train": _train, "caption": _caption, "evaluate": _evaluate}
+        commands = {
+            "train": _train,
+            "caption": _caption,
+            "evaluate": _evaluate,
+            "retrieve": _retrieve,
+            "search": _search,
+        }
         return commands[args.command](args)
     except MrnnError as error:
         print(f"mrnn: error: {error}", file=sys.stderr)

@@ -32,6 +32,11 @@ StepFn = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 NEG_INF = -1.0e9  # a finite "impossible", so that sums and comparisons stay well defined
 
 
+def is_real(log_prob: jax.Array) -> jax.Array:
+    """Whether log-probabilities are of real hypotheses, not ``NEG_INF`` placeholders."""
+    return log_prob > NEG_INF / 2
+
+
 def word_choices(log_probs: jax.Array) -> jax.Array:
     """Log-probabilities with the tokens that are never generated (padding, start) removed.
 
@@ -86,6 +91,7 @@ def decode_by_choice(
 
 
 def _start(model: MRNN, params: dict, image_inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """V_I I for each image, and the recurrent layer's initial state."""
     image_projection = model.apply(params, image_inputs, method=MRNN.project_image)
     r0 = model.apply(params, image_inputs.shape[0], method=MRNN.initial_carry)
     return image_projection, r0
@@ -115,17 +121,24 @@ def sample(
     max_words: int,
     rng: jax.Array,
     temperature: float | jax.Array = 1.0,
+    row_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Words drawn from the model's distribution (sharpened or flattened by ``temperature``).
 
-    The 2014 paper's generation. Reproducible from ``rng``. Returns the same as
-    :func:`greedy`; ``log_prob`` is under the model itself, whatever the temperature.
+    The 2014 paper's generation. Each row draws from ``rng`` folded with its ``row_ids``
+    entry (default: its position), so a caption does not depend on how images are batched.
+    Returns the same as :func:`greedy`; ``log_prob`` is under the model itself, whatever the
+    temperature.
     """
     image_projection, r0 = _start(model, params, image_inputs)
     step_fn = mrnn_step_fn(model, params, image_projection)
+    if row_ids is None:
+        row_ids = jnp.arange(image_inputs.shape[0])
+    row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(row_ids)
 
     def choose(log_probs, t):
-        return jax.random.categorical(jax.random.fold_in(rng, t), log_probs / temperature)
+        keys = jax.vmap(lambda key: jax.random.fold_in(key, t))(row_keys)
+        return jax.vmap(jax.random.categorical)(keys, log_probs / temperature)
 
     return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose)
 
@@ -214,7 +227,7 @@ def beam_search(
         # length (alpha >= 0), so a live beam's best possible score is bounded by this.
         best_live = state.live_log_prob[:, 0] / best_penalty
         worst_finished = state.finished_score[:, -1]
-        can_improve = (best_live > worst_finished) & (state.live_log_prob[:, 0] > NEG_INF / 2)
+        can_improve = (best_live > worst_finished) & is_real(state.live_log_prob[:, 0])
         return (state.t < length) & jnp.any(can_improve)
 
     def step(state: BeamState) -> BeamState:
@@ -229,7 +242,7 @@ def beam_search(
         candidates = (state.live_log_prob[:, :, None] + log_probs).reshape(batch, k * vocab)
         top_log_prob, top_index = jax.lax.top_k(candidates, 2 * k)
         parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
-        valid = top_log_prob > NEG_INF / 2
+        valid = is_real(top_log_prob)
         # As in plain beam search, a hypothesis ends only if it ranks among the best K
         # candidates (so beam 1 is greedy); the best K that continue stay live.
         ends = (token == END_ID) & valid & (jnp.arange(2 * k) < k)[None]
@@ -280,7 +293,7 @@ def beam_search(
     all_score = jnp.concatenate([state.finished_score, live_score], axis=1)
     all_log_prob = jnp.concatenate([state.finished_log_prob, state.live_log_prob], axis=1)
     all_tokens = jnp.concatenate([state.finished_tokens, state.live_tokens], axis=1)
-    tier = jnp.where(all_log_prob > NEG_INF / 2, (jnp.arange(2 * k) >= k).astype(jnp.int32), 2)
+    tier = jnp.where(is_real(all_log_prob), (jnp.arange(2 * k) >= k).astype(jnp.int32), 2)
     order = jnp.lexsort((-all_score, tier), axis=-1)[:, :k]
     tokens = jnp.take_along_axis(all_tokens, order[:, :, None], axis=1)
     log_prob = jnp.take_along_axis(all_log_prob, order, axis=1)
@@ -350,12 +363,19 @@ class DecodeOptions:
 
 
 def generate(
-    model: MRNN, params: dict, image_inputs: jax.Array, options: DecodeOptions
+    model: MRNN,
+    params: dict,
+    image_inputs: jax.Array,
+    options: DecodeOptions,
+    first_image: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Captions for a batch of images with any strategy.
 
-    Returns ``(tokens [B, N, max_words + 1], log_prob [B, N])`` with ``N = num_return``,
-    best first for beam search.
+    ``first_image`` is the batch's offset in the whole set, so that sampled captions depend
+    on the image's index and the seed, not on the batching. Returns ``(tokens [B, N,
+    max_words + 1], log_prob [B, N])`` with ``N = num_return``, best first for beam search;
+    slots beam search could not fill (fewer than N possible captions) have log_prob
+    ``NEG_INF``.
     """
     if options.strategy == "greedy":
         tokens, log_prob = greedy(model, params, image_inputs, options.max_words)
@@ -370,6 +390,7 @@ def generate(
             options.max_words,
             jax.random.PRNGKey(options.seed),
             jnp.float32(options.temperature),
+            first_image * n + jnp.arange(repeated.shape[0]),
         )
         batch = image_inputs.shape[0]
         return tokens.reshape(batch, n, -1), log_prob.reshape(batch, n)

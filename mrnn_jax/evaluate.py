@@ -1,5 +1,6 @@
-"""Evaluation of a trained model on a split: corpus perplexity, greedy captions, and for the
-``shapes`` dataset the share of captions that name the largest object correctly.
+"""Evaluation of a trained model on a split: corpus perplexity, generated captions and their
+coco-caption scores, and for the ``shapes`` dataset the share of captions that name the
+largest object correctly.
 
 These functions take parameters and data and return numbers; logging and files are the
 caller's business.
@@ -82,9 +83,11 @@ def generate_captions(
     variables = {"params": params}
     batches = image_batches(inputs, batch_size)
     total = -(-len(inputs) // batch_size)
-    for batch, count in tqdm(batches, total=total, desc="decode", disable=not progress):
+    for index, (batch, count) in enumerate(
+        tqdm(batches, total=total, desc="decode", disable=not progress)
+    ):
         tokens, log_prob = decode.generate(
-            model, variables, sharding.shard_batch(batch, mesh), options
+            model, variables, sharding.shard_batch(batch, mesh), options, index * batch_size
         )
         tokens, log_prob = jax.device_get((tokens, log_prob))
         for row_tokens, row_log_prob in zip(tokens[:count], log_prob[:count], strict=True):
@@ -92,6 +95,7 @@ def generate_captions(
                 [
                     (" ".join(vocab.decode(t)), float(lp))
                     for t, lp in zip(row_tokens, row_log_prob, strict=True)
+                    if decode.is_real(lp)
                 ]
             )
     return results
@@ -166,12 +170,19 @@ def evaluate_captioning(
     batch_size: int,
     mesh: Mesh,
     progress: bool = False,
+    perplexity: float | None = None,
 ) -> CaptioningResult:
-    """Perplexity, generated captions and the coco-caption metrics of one split."""
+    """Perplexity, generated captions and the coco-caption metrics of one split.
+
+    Pass ``perplexity`` when it is known already (it does not depend on the decoding).
+    """
     from mrnn_jax import caption_metrics
 
-    table = CaptionTable.build_uncut(data.records, vocab, max_words)
-    lm = split_perplexity(model, params, table, data.inputs, batch_size, mesh)
+    if perplexity is None:
+        table = CaptionTable.build_uncut(data.records, vocab, max_words)
+        perplexity = split_perplexity(model, params, table, data.inputs, batch_size, mesh)[
+            "perplexity"
+        ]
     generated = generate_captions(
         model, params, data.inputs, vocab, options, batch_size, mesh, progress=progress
     )
@@ -179,7 +190,7 @@ def evaluate_captioning(
     hypotheses = {i: candidates[0][0] for i, candidates in zip(image_ids, generated, strict=True)}
     references = {record.image_id: list(record.captions) for record in data.records}
     scores = caption_metrics.score_captions(hypotheses, references)
-    metrics: dict[str, float | None] = {"perplexity": lm["perplexity"], **scores.corpus}
+    metrics: dict[str, float | None] = {"perplexity": perplexity, **scores.corpus}
     if data.scenes is not None:
         metrics["largest object named"] = shapes_phrase_accuracy(
             [hypotheses[i] for i in image_ids], data.scenes

@@ -158,8 +158,20 @@ class MRNN(nn.Module):
         The three inputs broadcast against each other: pass ``image_projection[:, None]`` for
         a ``[B, T]`` sequence, or a ``[S, 1, ...]`` / ``[1, I, ...]`` pair for a score grid.
         """
-        pre = self.multimodal_word(w) + self.multimodal_recurrent(r) + image_projection
-        m = activation(self.multimodal_activation)(pre)
+        return self.multimodal_output(self.multimodal_words(w, r), image_projection, train=train)
+
+    def multimodal_words(self, w: jax.Array, r: jax.Array) -> jax.Array:
+        """The image-free half of the head's pre-activation, V_w w + V_r r + b_m ``[..., M]``.
+
+        Retrieval computes it once per sentence and reuses it for every image.
+        """
+        return self.multimodal_word(w) + self.multimodal_recurrent(r)
+
+    def multimodal_output(
+        self, words_part: jax.Array, image_projection: jax.Array, train: bool = False
+    ) -> jax.Array:
+        """Logits from :meth:`multimodal_words`' output and V_I I (broadcasting)."""
+        m = activation(self.multimodal_activation)(words_part + image_projection)
         m = self.dropout(m, deterministic=not train)
         return self.softmax(m)
 

@@ -4,6 +4,10 @@ captions with their log-probabilities, the reference captions and a per-image sc
 The page needs nothing but a browser: images are embedded as PNG data URIs (or linked by a
 path relative to the page), the style sheet and the few lines of JavaScript that sort the
 items by score are inline, and nothing is fetched from the network.
+
+:func:`write_retrieval_html` writes a page of the same kind for image–sentence retrieval: the
+R@K / rank table of each direction, then the top-k images retrieved for each sentence and the
+top-k sentences retrieved for each image, the correct ones marked.
 """
 
 from __future__ import annotations
@@ -55,6 +59,64 @@ class ReportItem:
     captions: list[tuple[str, float]]
     references: list[str]
     score: float | None = None
+    image: np.ndarray | None = None
+    image_path: str | None = None
+
+
+@dataclasses.dataclass
+class RetrievedImage:
+    """One image retrieved for a sentence (see :class:`SentenceQuery`).
+
+    Attributes:
+      image_id: shown under the thumbnail and written to ``data-image-id``.
+      score: the retrieval score (e.g. log P(S | I)); NaN or ``None`` shown as "n/a".
+      correct: whether this is an image the sentence describes.
+      image, image_path: the pixels to embed or a file to link, as for :class:`ReportItem`.
+    """
+
+    image_id: str | int
+    score: float
+    correct: bool
+    image: np.ndarray | None = None
+    image_path: str | None = None
+
+
+@dataclasses.dataclass
+class SentenceQuery:
+    """Image retrieval: a sentence, its ground-truth image and the top-k images retrieved.
+
+    Attributes:
+      sentence: the query sentence.
+      truth_image_id: the image the sentence belongs to.
+      rank: 1-based rank of the first correct image among all images (may exceed k).
+      retrieved: the top-k images, best first.
+      truth_image, truth_image_path: the ground-truth image's pixels or file, if known.
+    """
+
+    sentence: str
+    truth_image_id: str | int
+    rank: int
+    retrieved: list[RetrievedImage]
+    truth_image: np.ndarray | None = None
+    truth_image_path: str | None = None
+
+
+@dataclasses.dataclass
+class ImageQuery:
+    """Sentence retrieval: an image and the top-k sentences retrieved for it.
+
+    Attributes:
+      image_id: the query image, shown and written to ``data-image-id``.
+      rank: 1-based rank of the first correct sentence among all sentences (may exceed k).
+      retrieved: the top-k ``(sentence, score, correct)``, best first.
+      references: the image's own sentences.
+      image, image_path: the pixels to embed or a file to link, as for :class:`ReportItem`.
+    """
+
+    image_id: str | int
+    rank: int
+    retrieved: list[tuple[str, float, bool]]
+    references: list[str]
     image: np.ndarray | None = None
     image_path: str | None = None
 
@@ -171,15 +233,7 @@ def _render_page(
     esc = html.escape
     cards = [_render_item(i, item, score_name, page_dir) for i, item in enumerate(items)]
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title>",
-        f"<style>\n{_CSS}</style>",
-        "</head>",
-        "<body>",
+        *_page_start(title, _CSS),
         "<header>",
         f"<h1>{esc(title)}</h1>",
     ]
@@ -219,6 +273,21 @@ def _render_page(
     return "\n".join(parts)
 
 
+def _page_start(title: str, css: str) -> list[str]:
+    """The lines of a page up to and including ``<body>``: doctype, head, inline style."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>\n{css}</style>",
+        "</head>",
+        "<body>",
+    ]
+
+
 def _render_item(index: int, item: ReportItem, score_name: str, page_dir: str) -> str:
     esc = html.escape
     image_id = str(item.image_id)
@@ -251,13 +320,24 @@ def _render_item(index: int, item: ReportItem, score_name: str, page_dir: str) -
 
 def _render_image(item: ReportItem, page_dir: str) -> str:
     """The ``<img class="thumb">`` of an item, or a placeholder when it has no image."""
-    alt = html.escape(f"image {item.image_id}")
-    if item.image is not None and item.image_path is not None:
-        raise ValueError(f"item {item.image_id!r}: give either image or image_path, not both")
-    if item.image is not None:
-        src, size = _png_data_uri(item.image, item.image_id)
-    elif item.image_path is not None:
-        src, size = _relative_url(item.image_path, page_dir), _image_size(item.image_path)
+    return _image_html(item.image, item.image_path, item.image_id, page_dir)
+
+
+def _image_html(
+    image: np.ndarray | None,
+    image_path: str | os.PathLike[str] | None,
+    image_id: str | int,
+    page_dir: str,
+) -> str:
+    """An ``<img class="thumb">`` of embedded pixels or of a file linked relative to the
+    page's folder, or a placeholder when there is neither."""
+    alt = html.escape(f"image {image_id}")
+    if image is not None and image_path is not None:
+        raise ValueError(f"item {image_id!r}: give either image or image_path, not both")
+    if image is not None:
+        src, size = _png_data_uri(image, image_id)
+    elif image_path is not None:
+        src, size = _relative_url(image_path, page_dir), _image_size(image_path)
     else:
         return '<div class="no-image">no image</div>'
     attrs = ""
@@ -366,3 +446,280 @@ def _write_atomic(target: str, text: str) -> None:
         if isinstance(e, OSError):
             raise MrnnError(f"{target}: cannot write the results page ({e.strerror or e})") from e
         raise
+
+
+# --- the retrieval page ------------------------------------------------------------------
+
+RETRIEVAL_COLUMNS = ("R@1", "R@5", "R@10", "median rank", "mean rank")
+"""Columns of the retrieval summary table, in order; other metrics found follow them."""
+
+_RETRIEVAL_CSS = """\
+nav.sections { margin-bottom: 1rem; }
+nav.sections a { margin-right: 1rem; }
+section.queries { margin-top: 1.5rem; }
+section.queries > h2 { font-size: 1.2rem; margin: 0 0 .5rem; }
+.count { color: #777; font-size: .9rem; margin: 0 0 .5rem; }
+.query-list { display: flex; flex-direction: column; gap: .75rem; }
+.query { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .75rem; }
+.query-sentence { font-weight: 600; margin: 0 0 .25rem; }
+.rank { margin: 0 0 .5rem; color: #555; }
+.rank-value { font-weight: 600; color: #222; }
+.image-row { display: flex; gap: 1rem; align-items: flex-start; }
+.image-row figure, .image-query > figure { margin: 0; flex: 0 0 160px; text-align: center; }
+.truth { flex: 0 0 auto; }
+.truth .thumb, .truth .no-image { outline: 3px dashed #888; outline-offset: 2px; }
+ol.retrieved-images { display: flex; flex-wrap: wrap; gap: .5rem; list-style: none;
+  margin: 0; padding: 0; }
+ol.retrieved-images li { border: 4px solid transparent; border-radius: 4px; padding: 2px; }
+ol.retrieved-images li.correct { border-color: #2a8c2a; background: #e9f6e9; }
+.image-query { display: flex; gap: .75rem; }
+.text h3 { font-size: .8rem; text-transform: uppercase; color: #777; margin: .5rem 0 .25rem; }
+ol.retrieved-sentences li { padding: .1rem .25rem; border-left: 4px solid transparent; }
+ol.retrieved-sentences li.correct { border-left-color: #2a8c2a; background: #e9f6e9; }
+.mark { color: #1f7a1f; font-weight: 700; }
+"""
+
+_SENTENCE_SECTION = ("images-for-a-sentence", "Images for a sentence")
+_IMAGE_SECTION = ("sentences-for-an-image", "Sentences for an image")
+
+
+def write_retrieval_html(
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    summary: Mapping[str, Mapping[str, float | str | None]] | None,
+    sentence_queries: Sequence[SentenceQuery],
+    image_queries: Sequence[ImageQuery],
+) -> None:
+    """Write a self-contained HTML page of image–sentence retrieval results to ``path``.
+
+    The page shows ``title``; a table with one row per direction of ``summary`` (as returned
+    by :func:`mrnn_jax.retrieval.retrieval_metrics`: ``{"image retrieval": {"R@1": ...}}``)
+    and the columns :data:`RETRIEVAL_COLUMNS` (missing values shown as "n/a"); the section
+    "Images for a sentence" with, for each of ``sentence_queries``, the sentence, its rank,
+    the ground-truth image and the retrieved images with their scores; and the section
+    "Sentences for an image" with, for each of ``image_queries``, the image, its rank, the
+    retrieved sentences with their scores and the references. Correct retrievals get the class
+    ``correct``, a green frame and a check mark.
+
+    Queries are ``<article class="query sentence-query" data-rank=...>`` and ``<article
+    class="query image-query" data-image-id=... data-rank=...>``; retrieved entries have the
+    class ``retrieved`` and a ``data-score``. Images are shown and embedded as by
+    :func:`write_html`, and the file is written atomically in the same way.
+
+    Raises ``ValueError`` for a bad image (as :func:`write_html`) or a rank that is not a
+    positive integer, before anything is written, and :class:`MrnnError` when the file
+    cannot be written.
+    """
+    target = os.fspath(path)
+    page_dir = os.path.dirname(os.path.abspath(target))
+    text = _render_retrieval_page(
+        title=title,
+        summary=summary,
+        sentence_queries=sentence_queries,
+        image_queries=image_queries,
+        page_dir=page_dir,
+    )
+    _write_atomic(target, text)
+
+
+def _render_retrieval_page(
+    *,
+    title: str,
+    summary: Mapping[str, Mapping[str, float | str | None]] | None,
+    sentence_queries: Sequence[SentenceQuery],
+    image_queries: Sequence[ImageQuery],
+    page_dir: str,
+) -> str:
+    esc = html.escape
+    sentence_cards = [
+        _render_sentence_query(i, q, page_dir) for i, q in enumerate(sentence_queries)
+    ]
+    image_cards = [_render_image_query(i, q, page_dir) for i, q in enumerate(image_queries)]
+    parts = [
+        *_page_start(title, _CSS + _RETRIEVAL_CSS),
+        "<header>",
+        f"<h1>{esc(title)}</h1>",
+    ]
+    if summary:
+        parts.append(_render_retrieval_summary(summary))
+    parts += [
+        '<nav class="sections">',
+        *(
+            f'<a href="#{anchor}">{esc(name)}</a>'
+            for anchor, name in (_SENTENCE_SECTION, _IMAGE_SECTION)
+        ),
+        "</nav>",
+        "</header>",
+        "<main>",
+        _render_section(_SENTENCE_SECTION, "sentence-queries", sentence_cards, "sentence"),
+        _render_section(_IMAGE_SECTION, "image-queries", image_cards, "image"),
+        "</main>",
+        "</body>",
+        "</html>",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _render_retrieval_summary(summary: Mapping[str, Mapping[str, float | str | None]]) -> str:
+    """The summary table: one row per direction, one column per metric."""
+    esc = html.escape
+    columns = list(RETRIEVAL_COLUMNS)
+    for metrics in summary.values():
+        columns += [str(name) for name in metrics if str(name) not in columns]
+    lines = [
+        '<table class="summary retrieval-summary">',
+        '<thead><tr><th scope="col">direction</th>'
+        + "".join(f'<th scope="col">{esc(c)}</th>' for c in columns)
+        + "</tr></thead>",
+        "<tbody>",
+    ]
+    for direction, metrics in summary.items():
+        values = {str(name): value for name, value in metrics.items()}
+        cells = "".join(
+            f'<td data-metric="{esc(c)}" data-value="{esc(_attr_value(values.get(c)))}">'
+            f"{esc(_format_retrieval_value(c, values.get(c)))}</td>"
+            for c in columns
+        )
+        lines.append(
+            f'<tr data-direction="{esc(str(direction))}">'
+            f'<th scope="row">{esc(str(direction))}</th>{cells}</tr>'
+        )
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
+def _format_retrieval_value(metric: str, value: float | str | None) -> str:
+    """R@K (percent) to one decimal, ranks as short as exact (``3``, ``12.5``)."""
+    if isinstance(value, str):
+        return value
+    if _is_missing(value):
+        return "n/a"
+    if metric.startswith("R@"):
+        return f"{float(value):.1f}"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    return f"{float(value):g}"
+
+
+def _attr_value(value: float | str | None) -> str:
+    return value if isinstance(value, str) else _attr_number(value)
+
+
+def _render_section(section: tuple[str, str], css_class: str, cards: list[str], noun: str) -> str:
+    anchor, heading = section
+    count = f"{len(cards)} {noun}{'' if len(cards) == 1 else 's'}"
+    if cards:
+        body = '<div class="query-list">\n' + "\n".join(cards) + "\n</div>"
+    else:
+        body = '<p class="empty">none</p>'
+    return "\n".join(
+        [
+            f'<section id="{anchor}" class="queries {css_class}">',
+            f"<h2>{html.escape(heading)}</h2>",
+            f'<p class="count">{count}</p>',
+            body,
+            "</section>",
+        ]
+    )
+
+
+def _check_rank(rank: object, what: str) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
+        raise ValueError(f"{what}: rank must be a positive integer (1-based), got {rank!r}")
+    return int(rank)
+
+
+def _render_rank(rank: int, shown: int, noun: str) -> str:
+    note = "" if rank <= shown else f" (not among the top {shown} shown)"
+    return (
+        f'<p class="rank">first correct {noun} at rank '
+        f'<span class="rank-value">{rank}</span>{html.escape(note)}</p>'
+    )
+
+
+def _retrieved_attrs(correct: bool, position: int, score: float | None) -> str:
+    css_class = "retrieved correct" if correct else "retrieved"
+    return (
+        f'class="{css_class}" data-position="{position}" '
+        f'data-score="{html.escape(_attr_number(score))}"'
+    )
+
+
+_MARK = '<span class="mark" title="correct">\u2713</span>'
+
+
+def _render_sentence_query(index: int, query: SentenceQuery, page_dir: str) -> str:
+    esc = html.escape
+    what = f"sentence query {index}"
+    rank = _check_rank(query.rank, what)
+    truth_id = str(query.truth_image_id)
+    truth = _image_html(query.truth_image, query.truth_image_path, query.truth_image_id, page_dir)
+    entries = []
+    for position, hit in enumerate(query.retrieved, start=1):
+        correct = bool(hit.correct)
+        image_id = str(hit.image_id)
+        entries.append(
+            f"<li {_retrieved_attrs(correct, position, hit.score)} "
+            f'data-image-id="{esc(image_id)}">'
+            f"<figure>{_image_html(hit.image, hit.image_path, hit.image_id, page_dir)}"
+            f'<figcaption>{position}. {esc(image_id)} <span class="logprob">'
+            f"({esc(_format_number(hit.score, 3))})</span>"
+            f"{' ' + _MARK if correct else ''}</figcaption></figure></li>"
+        )
+    retrieved = (
+        '<ol class="retrieved-images">\n' + "\n".join(entries) + "\n</ol>"
+        if entries
+        else '<p class="empty">none retrieved</p>'
+    )
+    return "\n".join(
+        [
+            f'<article class="query sentence-query" data-index="{index}" data-rank="{rank}" '
+            f'data-truth-image-id="{esc(truth_id)}">',
+            f'<p class="query-sentence">{esc(str(query.sentence))}</p>',
+            _render_rank(rank, len(query.retrieved), "image"),
+            '<div class="image-row">',
+            f'<figure class="truth">{truth}',
+            f"<figcaption>ground truth: {esc(truth_id)}</figcaption></figure>",
+            retrieved,
+            "</div>",
+            "</article>",
+        ]
+    )
+
+
+def _render_image_query(index: int, query: ImageQuery, page_dir: str) -> str:
+    esc = html.escape
+    what = f"image query {query.image_id!r}"
+    rank = _check_rank(query.rank, what)
+    image_id = str(query.image_id)
+    entries = []
+    for position, (sentence, score, correct) in enumerate(query.retrieved, start=1):
+        correct = bool(correct)
+        entries.append(
+            f"<li {_retrieved_attrs(correct, position, score)}>"
+            f'<span class="sentence">{esc(str(sentence))}</span> '
+            f'<span class="logprob">({esc(_format_number(score, 3))})</span>'
+            f"{' ' + _MARK if correct else ''}</li>"
+        )
+    references = "\n".join(f'<li class="reference">{esc(str(r))}</li>' for r in query.references)
+    none = '<p class="empty">none</p>'
+    return "\n".join(
+        [
+            f'<article class="query image-query" data-index="{index}" '
+            f'data-image-id="{esc(image_id)}" data-rank="{rank}">',
+            f"<figure>{_image_html(query.image, query.image_path, query.image_id, page_dir)}",
+            f"<figcaption>{esc(image_id)}</figcaption></figure>",
+            '<div class="text">',
+            _render_rank(rank, len(query.retrieved), "sentence"),
+            "<h3>Retrieved</h3>",
+            '<ol class="retrieved-sentences">\n' + "\n".join(entries) + "\n</ol>"
+            if entries
+            else none,
+            "<h3>References</h3>",
+            f'<ul class="references">\n{references}\n</ul>' if query.references else none,
+            "</div>",
+            "</article>",
+        ]
+    )

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
@@ -190,14 +191,7 @@ def train_and_evaluate(
     started = time.time()
     tc = config.train
 
-    # Work directory and mesh.
-    os.makedirs(workdir, exist_ok=True)
-    ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
-    latest = ckpts.latest_step()
-    config_json = configs.to_json(config)
-    if latest is not None:
-        check_resume(workdir, ckpts.read_item(latest, "config"), config_json)
-    checkpoint.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
+    # Mesh and work directory.
     mesh = sharding.make_mesh(num_devices)
     sharding.check_batch_size(tc.batch_size, mesh)
     if tc.batch_size % tc.captions_per_image:
@@ -208,6 +202,29 @@ def train_and_evaluate(
     sharding.check_batch_size(
         tc.batch_size // tc.captions_per_image, mesh, "train.batch_size / train.captions_per_image"
     )
+    os.makedirs(workdir, exist_ok=True)
+    ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
+    try:
+        return _train_and_evaluate(config, workdir, mesh, ckpts, progress, started)
+    finally:
+        ckpts.close()
+
+
+def _train_and_evaluate(
+    config: ConfigDict,
+    workdir: str,
+    mesh: Mesh,
+    ckpts: checkpoint.RunCheckpoints,
+    progress: bool,
+    started: float,
+) -> dict:
+    """The run after the checks: resume or start, train, evaluate (see train_and_evaluate)."""
+    tc = config.train
+    latest = ckpts.latest_step()
+    config_json = configs.to_json(config)
+    if latest is not None:
+        check_resume(workdir, ckpts.read_item(latest, "config"), config_json)
+    checkpoint.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
 
     # Input.
     splits = load_dataset(config.dataset, config.encoder)
@@ -305,7 +322,6 @@ def train_and_evaluate(
             ckpts.save(step, state.params, state.checkpoint_extras(), meta, config_json, vocab_json)
         window_start += time.time() - paused  # tokens per second count training time only
     bar.close()
-    ckpts.close()
 
     # Final evaluation, on the best checkpoint.
     best_dir, best_step = checkpoint.find_checkpoint(workdir, "best")

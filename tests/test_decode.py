@@ -228,3 +228,48 @@ def test_greedy_does_not_recompile_for_same_shapes(setup) -> None:
     assert decode.greedy._cache_size() == size + 1
     decode.greedy(model, variables, images[:5], MAX_WORDS)
     assert decode.greedy._cache_size() == size + 2
+
+
+def test_sampled_captions_do_not_depend_on_batching(setup) -> None:
+    from mrnn_jax import evaluate, sharding
+    from mrnn_jax.vocab import Vocabulary
+
+    model, variables, images = setup
+    same = np.repeat(images[:1], 8, axis=0)  # one image, eight draws
+    vocab = Vocabulary(words=("<pad>", "<start>", "<end>", "<unk>", *"abcdefghi"), min_count=1)
+    options = decode.DecodeOptions(strategy="sample", max_words=MAX_WORDS, seed=3)
+    mesh = sharding.make_mesh(1)
+    by_two = evaluate.generate_captions(model, variables["params"], same, vocab, options, 2, mesh)
+    by_four = evaluate.generate_captions(model, variables["params"], same, vocab, options, 4, mesh)
+    assert by_two == by_four
+    assert len({captions[0][0] for captions in by_two}) > 2  # draws differ between rows
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strategy": "nucleus"}, "unknown decoding strategy"),
+        ({"strategy": "beam", "beam_size": 2, "num_return": 3}, "cannot return 3"),
+        ({"strategy": "greedy", "num_return": 2}, "one caption per image"),
+        ({"strategy": "sample", "temperature": 0.0}, "temperature must be positive"),
+        ({"strategy": "beam", "length_penalty": -1.0}, "length_penalty must be >= 0"),
+        ({"max_words": 0}, "must be positive"),
+    ],
+)
+def test_decode_options_are_validated(kwargs, message) -> None:
+    from mrnn_jax.errors import MrnnError
+
+    with pytest.raises(MrnnError, match=message):
+        decode.DecodeOptions(**kwargs)
+
+
+def test_generate_returns_num_return_captions_per_image(setup) -> None:
+    model, variables, images = setup
+    for options in (
+        decode.DecodeOptions(strategy="greedy", max_words=MAX_WORDS),
+        decode.DecodeOptions(strategy="beam", beam_size=3, num_return=2, max_words=MAX_WORDS),
+        decode.DecodeOptions(strategy="sample", num_return=3, max_words=MAX_WORDS),
+    ):
+        tokens, log_prob = decode.generate(model, variables, images[:5], options)
+        assert tokens.shape == (5, options.num_return, MAX_WORDS + 1)
+        assert log_prob.shape == (5, options.num_return)

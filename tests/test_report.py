@@ -1,4 +1,5 @@
-"""Tests for the HTML results page: structure, escaping, images, summary, sorting, atomicity."""
+"""Tests for the HTML results pages (captioning and retrieval): structure, escaping, images,
+summary, sorting, atomicity."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ from PIL import Image
 
 from mrnn_jax import report
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.report import ReportItem, write_html
+from mrnn_jax.report import (
+    ImageQuery,
+    ReportItem,
+    RetrievedImage,
+    SentenceQuery,
+    write_html,
+    write_retrieval_html,
+)
 
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
 
@@ -361,3 +369,291 @@ def test_overwrites_and_is_readable(tmp_path: Path) -> None:
     write_html(target, [ReportItem("new", [], [])], title="new")
     assert [c.attrs["data-image-id"] for c in parse(target).find_all(cls="item")] == ["new"]
     assert target.stat().st_mode & 0o044 == 0o044  # group and others may read the page
+
+
+# --- the retrieval page ------------------------------------------------------------------
+
+_OFFLINE = re.compile(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", re.IGNORECASE)
+
+
+def _write_retrieval(
+    tmp_path: Path,
+    *,
+    sentence_queries=(),
+    image_queries=(),
+    summary=None,
+    name: str = "retrieval.html",
+    title: str = "Retrieval",
+) -> tuple[Path, Element]:
+    path = tmp_path / name
+    write_retrieval_html(
+        path,
+        title=title,
+        summary=summary,
+        sentence_queries=list(sentence_queries),
+        image_queries=list(image_queries),
+    )
+    return path, parse(path)
+
+
+def _section(root: Element, heading: str) -> Element:
+    (section,) = [s for s in root.find_all("section") if s.find_all("h2")[0].text() == heading]
+    return section
+
+
+def test_retrieval_page_queries_ranks_and_correct_marks(tmp_path: Path) -> None:
+    sentence_queries = [
+        SentenceQuery(
+            "a dog runs",
+            truth_image_id=7,
+            rank=np.int64(2),  # as computed by retrieval.first_correct_ranks
+            retrieved=[
+                RetrievedImage(3, -3.25, False),
+                RetrievedImage(7, np.float32(-4.5), np.bool_(True)),
+                RetrievedImage("x", -9.0, False),
+            ],
+        ),
+        SentenceQuery("a cat sleeps", "cat", 1, [RetrievedImage("cat", 1 / 3, True)]),
+        SentenceQuery("nothing found", 5, 40, []),
+    ]
+    image_queries = [
+        ImageQuery(
+            "img-1",
+            rank=3,
+            retrieved=[("a bird", -1.5, False), ("a cat", -2.0, False), ("a dog", -2.5, True)],
+            references=["a dog", "the dog"],
+        ),
+        ImageQuery(42, 11, [("wrong", 0.0, False), ("also wrong", -0.1, False)], []),
+    ]
+    _, root = _write_retrieval(
+        tmp_path, sentence_queries=sentence_queries, image_queries=image_queries
+    )
+    headings = [h.text() for h in root.find_all("h2")]
+    assert headings == ["Images for a sentence", "Sentences for an image"]
+
+    by_sentence = _section(root, "Images for a sentence")
+    cards = by_sentence.find_all("article", cls="sentence-query")
+    assert len(cards) == 3 and cards == root.find_all("article", cls="sentence-query")
+    assert all("query" in c.classes for c in cards)
+    assert [c.attrs["data-rank"] for c in cards] == ["2", "1", "40"]
+    assert [c.attrs["data-truth-image-id"] for c in cards] == ["7", "cat", "5"]
+    assert [c.find_all(cls="query-sentence")[0].text() for c in cards] == [
+        "a dog runs",
+        "a cat sleeps",
+        "nothing found",
+    ]
+    assert [c.find_all(cls="rank-value")[0].text() for c in cards] == ["2", "1", "40"]
+    assert "not among the top 0" in cards[2].find_all(cls="rank")[0].text()
+    assert "not among" not in cards[0].find_all(cls="rank")[0].text()
+    hits = [c.find_all(cls="retrieved") for c in cards]
+    assert [len(h) for h in hits] == [3, 1, 0]
+    assert [h.attrs["data-image-id"] for h in hits[0]] == ["3", "7", "x"]
+    assert [h.attrs["data-position"] for h in hits[0]] == ["1", "2", "3"]
+    assert [float(h.attrs["data-score"]) for h in hits[0]] == [-3.25, -4.5, -9.0]
+    assert float(hits[1][0].attrs["data-score"]) == 1 / 3  # exact
+    assert ["correct" in h.classes for h in hits[0]] == [False, True, False]
+    assert [len(h.find_all(cls="mark")) for h in hits[0]] == [0, 1, 0]  # not colour alone
+    assert "-3.250" in hits[0][0].text()
+    assert "ground truth: 7" in cards[0].find_all("figure", cls="truth")[0].text()
+    assert cards[2].find_all(cls="empty")
+
+    by_image = _section(root, "Sentences for an image")
+    cards = by_image.find_all("article", cls="image-query")
+    assert len(cards) == 2 and cards == root.find_all("article", cls="image-query")
+    assert [(c.attrs["data-image-id"], c.attrs["data-rank"]) for c in cards] == [
+        ("img-1", "3"),
+        ("42", "11"),
+    ]
+    first = cards[0].find_all(cls="retrieved")
+    assert [h.find_all(cls="sentence")[0].text() for h in first] == ["a bird", "a cat", "a dog"]
+    assert ["correct" in h.classes for h in first] == [False, False, True]
+    assert [float(h.attrs["data-score"]) for h in first] == [-1.5, -2.0, -2.5]
+    assert [r.text() for r in cards[0].find_all(cls="reference")] == ["a dog", "the dog"]
+    assert "not among the top 2" in cards[1].find_all(cls="rank")[0].text()
+    assert cards[1].find_all(cls="correct") == [] and cards[1].find_all(cls="reference") == []
+    assert len(root.find_all(cls="correct")) == 3
+    assert len(root.find_all(cls="retrieved")) == 9
+    assert [p.text() for p in root.find_all("p", cls="count")] == ["3 sentences", "2 images"]
+
+
+def test_retrieval_text_is_escaped(tmp_path: Path) -> None:
+    nasty = "a <b>& \"quoted\" 'x' </article>"
+    query = SentenceQuery(nasty, 'id"<i>', 1, [RetrievedImage('id"<i>', -1.0, True)])
+    image_query = ImageQuery("<i>&", 1, [(nasty, -1.0, True)], ["ref <b>one</b> & two"])
+    path, root = _write_retrieval(
+        tmp_path,
+        sentence_queries=[query],
+        image_queries=[image_query],
+        summary={"<b>dir</b>": {"R@1": 1.0, "<x>": "<i>"}},
+        title="Title <b>&",
+    )
+    assert root.find_all("b") == [] and root.find_all("i") == [] and root.find_all("x") == []
+    assert root.find_all("title")[0].text() == root.find_all("h1")[0].text() == "Title <b>&"
+    (card,) = root.find_all("article", cls="sentence-query")
+    assert card.find_all(cls="query-sentence")[0].text() == nasty
+    assert card.attrs["data-truth-image-id"] == 'id"<i>'
+    assert card.find_all(cls="retrieved")[0].attrs["data-image-id"] == 'id"<i>'
+    (card,) = root.find_all("article", cls="image-query")
+    assert card.attrs["data-image-id"] == "<i>&"
+    assert card.find_all(cls="sentence")[0].text() == nasty
+    assert card.find_all(cls="reference")[0].text() == "ref <b>one</b> & two"
+    (row,) = root.find_all("table")[0].find_all("tbody")[0].find_all("tr")
+    assert row.attrs["data-direction"] == "<b>dir</b>"
+    assert row.find_all("td")[-1].text() == "<i>"
+    assert "&lt;/article&gt;" in path.read_text(encoding="utf-8")
+
+
+def test_retrieval_thumbnails_decode_to_the_pixels(tmp_path: Path, monkeypatch) -> None:
+    truth, hit, miss, grey, query_image = (_pixels(k, size=24 + k) for k in range(5))
+    grey = grey[:, :, 0]
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    Image.fromarray(_pixels(9, size=32)).save(image_dir / "f 1.png")
+    monkeypatch.chdir(tmp_path)
+    sentence_queries = [
+        SentenceQuery(
+            "s",
+            1,
+            1,
+            [
+                RetrievedImage(1, -1.0, True, image=hit),
+                RetrievedImage(2, -2.0, False, image=miss),
+                RetrievedImage(3, -3.0, False, image=grey),
+                RetrievedImage(4, -4.0, False, image_path="images/f 1.png"),
+                RetrievedImage(5, -5.0, False),
+            ],
+            truth_image=truth,
+        ),
+        SentenceQuery("t", 4, 4, [], truth_image_path=str(image_dir / "f 1.png")),
+    ]
+    image_queries = [ImageQuery("q", 1, [], [], image=query_image), ImageQuery("none", 1, [], [])]
+    page = tmp_path / "pages" / "retrieval.html"  # parent folder created
+    _, root = _write_retrieval(
+        page.parent, sentence_queries=sentence_queries, image_queries=image_queries
+    )
+    first, second = root.find_all("article", cls="sentence-query")
+    (truth_img,) = first.find_all("figure", cls="truth")[0].find_all("img", cls="thumb")
+    np.testing.assert_array_equal(_decode_data_uri(truth_img.attrs["src"]), truth)
+    hits = first.find_all(cls="retrieved")
+    for li, expected in zip(hits[:3], [hit, miss, grey], strict=True):
+        (img,) = li.find_all("img", cls="thumb")
+        np.testing.assert_array_equal(_decode_data_uri(img.attrs["src"]), expected)
+        assert img.attrs["width"] == str(report.THUMB_WIDTH) and "pixelated" in img.classes
+    assert hits[3].find_all("img")[0].attrs["src"] == "../images/f%201.png"
+    assert hits[4].find_all("img") == [] and hits[4].find_all(cls="no-image")
+    assert second.find_all("img")[0].attrs["src"] == "../images/f%201.png"
+    query_card, empty_card = root.find_all("article", cls="image-query")
+    (img,) = query_card.find_all("img", cls="thumb")
+    np.testing.assert_array_equal(_decode_data_uri(img.attrs["src"]), query_image)
+    assert empty_card.find_all("img") == [] and empty_card.find_all(cls="no-image")
+
+
+def test_retrieval_summary_table(tmp_path: Path) -> None:
+    summary = {
+        "image retrieval": {
+            "R@1": 100 / 3,
+            "R@5": 50.0,
+            "R@10": 100.0,
+            "median rank": 2.0,
+            "mean rank": 12.25,
+        },
+        "sentence retrieval": {"R@1": 0.0, "median rank": 7, "mean rank": float("nan")},
+        "sentence retrieval (raw)": {"R@10": None, "R@50": 75.0},
+    }
+    _, root = _write_retrieval(tmp_path, summary=summary)
+    (table,) = root.find_all("table", cls="summary")
+    header = [th.text() for th in table.find_all("thead")[0].find_all("th")]
+    assert header == ["direction", *report.RETRIEVAL_COLUMNS, "R@50"]
+    rows = {
+        r.find_all("th")[0].text(): [td.text() for td in r.find_all("td")]
+        for r in table.find_all("tbody")[0].find_all("tr")
+    }
+    assert list(rows) == list(summary)  # directions in the given order
+    assert rows == {
+        "image retrieval": ["33.3", "50.0", "100.0", "2", "12.25", "n/a"],
+        "sentence retrieval": ["0.0", "n/a", "n/a", "7", "n/a", "n/a"],
+        "sentence retrieval (raw)": ["n/a", "n/a", "n/a", "n/a", "n/a", "75.0"],
+    }
+    cells = table.find_all("tbody")[0].find_all("tr")[0].find_all("td")
+    assert [c.attrs["data-metric"] for c in cells] == [*report.RETRIEVAL_COLUMNS, "R@50"]
+    assert float(cells[0].attrs["data-value"]) == 100 / 3  # exact
+    for empty in (None, {}):
+        _, root = _write_retrieval(tmp_path, summary=empty, name="empty.html")
+        assert root.find_all("table") == []
+        assert root.find_all("article") == [] and len(root.find_all(cls="empty")) == 2
+
+
+def test_retrieval_page_is_offline(tmp_path: Path) -> None:
+    sentence_queries = [
+        SentenceQuery("s", 0, 1, [RetrievedImage(0, -1.0, True, image=_pixels(0))], _pixels(0))
+    ]
+    image_queries = [ImageQuery(0, 1, [("s", -1.0, True)], ["s"], image=_pixels(0))]
+    path, root = _write_retrieval(
+        tmp_path, sentence_queries=sentence_queries, image_queries=image_queries
+    )
+    assert not _OFFLINE.search(path.read_text(encoding="utf-8"))
+    assert root.find_all("link") == [] and root.find_all("iframe") == []
+    assert root.find_all("script") == []
+    imgs = root.find_all("img")
+    assert len(imgs) == 3 and all(i.attrs["src"].startswith("data:") for i in imgs)
+    assert all(a.attrs["href"].startswith("#") for a in root.find_all("a"))
+    assert {a.attrs["href"][1:] for a in root.find_all("a")} == {
+        s.attrs["id"] for s in root.find_all("section")
+    }
+
+
+@pytest.mark.parametrize(
+    ("sentence_query", "image_query", "error"),
+    [
+        (SentenceQuery("s", 0, 0, []), None, "rank"),
+        (SentenceQuery("s", 0, 1.0, []), None, "rank"),
+        (None, ImageQuery(0, -3, [], []), "rank"),
+        (None, ImageQuery(0, True, [], []), "rank"),
+        (SentenceQuery("s", 0, 1, [], truth_image=np.zeros((4, 4), np.float32)), None, "uint8"),
+        (
+            SentenceQuery("s", 0, 1, [RetrievedImage(1, 0.0, True, np.zeros((4, 4, 4), np.uint8))]),
+            None,
+            "uint8",
+        ),
+        (None, ImageQuery(0, 1, [], [], image=_pixels(0), image_path="a.png"), "not both"),
+    ],
+)
+def test_retrieval_bad_queries_raise_before_writing(
+    tmp_path: Path, sentence_query, image_query, error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        write_retrieval_html(
+            tmp_path / "r.html",
+            title="t",
+            summary=None,
+            sentence_queries=[sentence_query] if sentence_query else [],
+            image_queries=[image_query] if image_query else [],
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_retrieval_write_is_atomic(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "retrieval.html"
+    query = SentenceQuery("s", 0, 1, [RetrievedImage(0, -1.0, True)])
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(report.os, "fsync", broken_fsync)
+        with pytest.raises(MrnnError, match="No space left"):
+            _write_retrieval(tmp_path, sentence_queries=[query])
+    assert list(tmp_path.iterdir()) == []  # neither the page nor a temporary file
+
+    _write_retrieval(tmp_path, sentence_queries=[query], title="old")
+    old = target.read_bytes()
+
+    def broken_replace(src, dst) -> None:
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(report.os, "replace", broken_replace)
+    with pytest.raises(MrnnError, match="Permission denied"):
+        _write_retrieval(tmp_path, sentence_queries=[query, query], title="new")
+    assert target.read_bytes() == old
+    assert os.listdir(tmp_path) == ["retrieval.html"]
+    assert target.stat().st_mode & 0o044 == 0o044

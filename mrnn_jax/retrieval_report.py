@@ -1,0 +1,145 @@
+"""``mrnn retrieve`` / experiments/run_retrieval.py: score a split, report, write files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+from mrnn_jax import report, retrieval
+from mrnn_jax.captioner import Captioner
+from mrnn_jax.checkpoint import write_json_atomic, write_text_atomic
+from mrnn_jax.data import load_dataset
+from mrnn_jax.data.pipeline import CaptionTable
+from mrnn_jax.errors import MrnnError
+
+
+def run(model: Captioner, args: argparse.Namespace) -> dict:
+    """Evaluates retrieval as ``args`` say (see ``mrnn retrieve --help``); returns the metrics."""
+    started = time.time()
+    splits = load_dataset(model.config.dataset, model.config.encoder)
+    if args.split not in splits:
+        raise MrnnError(f"dataset has no split {args.split!r}: {sorted(splits)}")
+    data = splits[args.split]
+    count = len(data.records) if args.max_images is None else args.max_images
+    records, inputs = data.records[:count], data.inputs[:count]
+    table = CaptionTable.build_uncut(records, model.vocab, model.config.dataset.max_words)
+    prior = None
+    if args.prior_images:
+        train = splits["train"].inputs
+        rng = np.random.default_rng(0)
+        prior = train[np.sort(rng.choice(len(train), min(args.prior_images, len(train)), False))]
+    params = {"params": model.params}
+    results, scores = retrieval.evaluate_retrieval(
+        model.model,
+        params,
+        table.tokens,
+        table.image_index,
+        inputs,
+        prior_inputs=prior,
+        fold_size=1000 if args.coco_1k else None,
+        sentence_tile=args.sentence_tile,
+        image_tile=args.image_tile,
+        progress=not args.no_progress,
+    )
+    name = f"m-RNN ({os.path.basename(os.path.abspath(args.checkpoint))})"
+    markdown = retrieval.markdown_table(name, results)
+    details = (
+        f"{args.split} split, {len(records)} images, {len(table)} sentences"
+        f"{', COCO 1K folds' if args.coco_1k else ''}; P(S) over "
+        f"{f'{len(prior)} training images' if prior is not None else 'the split images'}; "
+        f"{platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
+        f"{time.time() - started:.0f} s"
+    )
+    print(f"{markdown}\n\n{details}")
+    payload = {
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "step": model.step,
+        "split": args.split,
+        "num_images": len(records),
+        "num_sentences": len(table),
+        "coco_1k": bool(args.coco_1k),
+        "prior_images": None if prior is None else len(prior),
+        "metrics": results,
+        "tie_rule": "a wrong item scoring as high as the first correct one ranks ahead of it",
+    }
+    if args.json:
+        write_json_atomic(args.json, payload)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        write_text_atomic(
+            os.path.join(args.out, f"retrieval_{args.split}.md"), f"{markdown}\n\n{details}\n"
+        )
+        write_json_atomic(os.path.join(args.out, f"retrieval_{args.split}.json"), payload)
+        _write_page(
+            os.path.join(args.out, f"retrieval_{args.split}.html"),
+            model,
+            records,
+            inputs,
+            table,
+            scores,
+            results,
+            args.html_queries,
+        )
+    return results
+
+
+def _write_page(path, model, records, inputs, table, scores, results, count: int) -> None:
+    """The HTML page of example queries in both directions, top 5 each."""
+    pixels = model.takes_pixels
+    prior = retrieval.log_sentence_prior(scores)
+    image_queries, sentence_queries = [], []
+    step = max(1, len(records) // max(count, 1))
+    for image in range(0, len(records), step)[:count]:
+        ranked = np.argsort(-(scores[:, image] - prior), kind="stable")
+        correct = table.image_index == image
+        rank = int(np.flatnonzero(correct[ranked])[0]) + 1
+        image_queries.append(
+            report.ImageQuery(
+                image_id=records[image].image_id,
+                rank=rank,
+                retrieved=[
+                    (
+                        " ".join(model.vocab.decode(table.tokens[s])),
+                        float(scores[s, image] - prior[s]),
+                        bool(correct[s]),
+                    )
+                    for s in ranked[:5]
+                ],
+                references=list(records[image].captions),
+                image=inputs[image] if pixels else None,
+                image_path=None if pixels else records[image].file_path,
+            )
+        )
+    step = max(1, len(table) // max(count, 1))
+    for sentence in range(0, len(table), step)[:count]:
+        truth = int(table.image_index[sentence])
+        ranked = np.argsort(-scores[sentence], kind="stable")
+        sentence_queries.append(
+            report.SentenceQuery(
+                sentence=" ".join(model.vocab.decode(table.tokens[sentence])),
+                truth_image_id=records[truth].image_id,
+                rank=int(np.flatnonzero(ranked == truth)[0]) + 1,
+                retrieved=[
+                    report.RetrievedImage(
+                        image_id=records[i].image_id,
+                        score=float(scores[sentence, i]),
+                        correct=bool(i == truth),
+                        image=inputs[i] if pixels else None,
+                        image_path=None if pixels else records[i].file_path,
+                    )
+                    for i in ranked[:5]
+                ],
+                truth_image=inputs[truth] if pixels else None,
+            )
+        )
+    report.write_retrieval_html(
+        path,
+        title="m-RNN image-sentence retrieval",
+        summary=results,
+        sentence_queries=sentence_queries,
+        image_queries=image_queries,
+    )
