@@ -135,7 +135,12 @@ def add_retrieve_parser(sub) -> argparse.ArgumentParser:
     retrieve.add_argument("--sentence-tile", type=int, default=16, help="sentences per tile")
     retrieve.add_argument("--image-tile", type=int, default=32, help="images per tile")
     retrieve.add_argument("--json", default=None, help="write the metrics to this JSON file")
-    retrieve.add_argument("--out", default=None, help="folder for the Markdown table and HTML")
+    retrieve.add_argument(
+        "--out",
+        default=None,
+        help="folder for the JSON, Markdown table and HTML page (default: the --json file's "
+        "folder; with neither, print only)",
+    )
     retrieve.add_argument(
         "--html-queries", type=int, default=10, help="example queries per direction on the page"
     )
@@ -294,6 +299,11 @@ def _search(args: argparse.Namespace) -> int:
         if model.takes_pixels:
             raise MrnnError(f"{args.checkpoint} reads images; use --images, not --features")
         names, inputs = load_features(args.features)
+        expected = int(model.config.encoder.features_dim)
+        if inputs.shape[1] != expected:
+            raise MrnnError(
+                f"{args.features}: {inputs.shape[1]}-d features, the checkpoint takes {expected}-d"
+            )
     else:
         if not model.takes_pixels:
             raise MrnnError(
@@ -323,7 +333,7 @@ def _search(args: argparse.Namespace) -> int:
     words = tokenize(args.sentence)
     if not words:
         raise MrnnError("the query has no words")
-    tokens = model.vocab.encode_batch([words], model.config.dataset.max_words)
+    tokens = model.vocab.encode_batch([words], max(model.config.dataset.max_words, len(words)))
     scores = retrieval.score_matrix(model.model, {"params": model.params}, tokens, inputs)[0]
     unknown = [w for w in words if w not in model.vocab]
     if unknown:

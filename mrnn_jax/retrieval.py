@@ -170,6 +170,30 @@ def retrieval_metrics(
 # --- a split's retrieval evaluation -------------------------------------------------------
 
 
+def fold_metrics(
+    scores: np.ndarray,
+    image_of_sentence: np.ndarray,
+    fold_size: int,
+    log_prior: np.ndarray | None = None,
+) -> dict[str, dict[str, float]]:
+    """:func:`retrieval_metrics` averaged over consecutive folds of ``fold_size`` images, each
+    with its own sentences (COCO's 1K-test protocol: five folds of 1,000)."""
+    folds = []
+    for start in range(0, scores.shape[1], fold_size):
+        images = np.arange(start, min(start + fold_size, scores.shape[1]))
+        rows = np.flatnonzero(np.isin(image_of_sentence, images))
+        fold_prior = None if log_prior is None else np.asarray(log_prior)[rows]
+        folds.append(
+            retrieval_metrics(
+                scores[np.ix_(rows, images)], image_of_sentence[rows] - start, fold_prior
+            )
+        )
+    return {
+        direction: {key: float(np.mean([f[direction][key] for f in folds])) for key in values}
+        for direction, values in folds[0].items()
+    }
+
+
 def evaluate_retrieval(
     model: MRNN,
     params: dict,
@@ -182,13 +206,11 @@ def evaluate_retrieval(
     sentence_tile: int = 16,
     image_tile: int = 32,
     progress: bool = False,
-) -> tuple[dict[str, dict[str, float]], np.ndarray]:
-    """Retrieval metrics of a split, and its score matrix ``[S, I]``.
+) -> tuple[dict[str, dict[str, float]], np.ndarray, np.ndarray | None]:
+    """Retrieval metrics of a split, its score matrix ``[S, I]`` and log P(S) when estimated
+    over ``prior_inputs`` (e.g. a sample of training images; else None: the split's images).
 
-    P(S) is estimated over the split's images, or over ``prior_inputs`` (e.g. a sample of
-    training images) when given. With ``fold_size`` (COCO's 1K-test protocol: 1,000), the
-    images are cut into consecutive folds, each evaluated with its own sentences, and the
-    metrics are averaged over folds.
+    With ``fold_size`` (COCO's 1K test: 1,000) the metrics are averaged over image folds.
     """
     scores = score_matrix(
         model,
@@ -212,22 +234,8 @@ def evaluate_retrieval(
         )
         log_prior = log_sentence_prior(prior_scores)
     if fold_size is None:
-        return retrieval_metrics(scores, image_of_sentence, log_prior), scores
-    folds = []
-    for start in range(0, scores.shape[1], fold_size):
-        images = np.arange(start, min(start + fold_size, scores.shape[1]))
-        rows = np.flatnonzero(np.isin(image_of_sentence, images))
-        fold_prior = None if log_prior is None else log_prior[rows]
-        folds.append(
-            retrieval_metrics(
-                scores[np.ix_(rows, images)], image_of_sentence[rows] - start, fold_prior
-            )
-        )
-    averaged = {
-        direction: {key: float(np.mean([f[direction][key] for f in folds])) for key in values}
-        for direction, values in folds[0].items()
-    }
-    return averaged, scores
+        return retrieval_metrics(scores, image_of_sentence, log_prior), scores, log_prior
+    return fold_metrics(scores, image_of_sentence, fold_size, log_prior), scores, log_prior
 
 
 def markdown_table(name: str, results: dict[str, dict[str, float]]) -> str:

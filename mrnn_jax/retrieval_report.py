@@ -23,9 +23,16 @@ def run(model: Captioner, args: argparse.Namespace) -> dict:
     splits = load_dataset(model.config.dataset, model.config.encoder)
     if args.split not in splits:
         raise MrnnError(f"dataset has no split {args.split!r}: {sorted(splits)}")
+    for option in ("max_images", "prior_images"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise MrnnError(f"--{option.replace('_', '-')} must be at least 1")
     data = splits[args.split]
     count = len(data.records) if args.max_images is None else args.max_images
-    records, inputs = data.records[:count], data.inputs[:count]
+    captioned = [i for i, record in enumerate(data.records[:count]) if record.tokens]
+    records = [data.records[i] for i in captioned]
+    inputs = data.inputs[:count][captioned]
+    if not records:
+        raise MrnnError(f"split {args.split!r} has no captioned images")
     table = CaptionTable.build_uncut(records, model.vocab, model.config.dataset.max_words)
     prior = None
     if args.prior_images:
@@ -33,7 +40,7 @@ def run(model: Captioner, args: argparse.Namespace) -> dict:
         rng = np.random.default_rng(0)
         prior = train[np.sort(rng.choice(len(train), min(args.prior_images, len(train)), False))]
     params = {"params": model.params}
-    results, scores = retrieval.evaluate_retrieval(
+    results, scores, log_prior = retrieval.evaluate_retrieval(
         model.model,
         params,
         table.tokens,
@@ -68,7 +75,9 @@ def run(model: Captioner, args: argparse.Namespace) -> dict:
     }
     if args.json:
         write_json_atomic(args.json, payload)
-    if args.out:
+    out = args.out or (os.path.dirname(os.path.abspath(args.json)) if args.json else None)
+    if out:
+        args.out = out
         os.makedirs(args.out, exist_ok=True)
         write_text_atomic(
             os.path.join(args.out, f"retrieval_{args.split}.md"), f"{markdown}\n\n{details}\n"
@@ -81,22 +90,29 @@ def run(model: Captioner, args: argparse.Namespace) -> dict:
             inputs,
             table,
             scores,
+            log_prior,
             results,
             args.html_queries,
         )
     return results
 
 
-def _write_page(path, model, records, inputs, table, scores, results, count: int) -> None:
-    """The HTML page of example queries in both directions, top 5 each."""
+def _write_page(
+    path, model, records, inputs, table, scores, log_prior, results, count: int
+) -> None:
+    """The HTML page of example queries in both directions, top 5 each (the metrics' P(S)
+    and tie rule)."""
     pixels = model.takes_pixels
-    prior = retrieval.log_sentence_prior(scores)
+    prior = retrieval.log_sentence_prior(scores) if log_prior is None else log_prior
+    correct_all = table.image_index[:, None] == np.arange(len(records))[None, :]
+    image_ranks = retrieval.first_correct_ranks((scores - prior[:, None]).T, correct_all.T)
+    sentence_ranks = retrieval.first_correct_ranks(scores, correct_all)
     image_queries, sentence_queries = [], []
     step = max(1, len(records) // max(count, 1))
     for image in range(0, len(records), step)[:count]:
         ranked = np.argsort(-(scores[:, image] - prior), kind="stable")
         correct = table.image_index == image
-        rank = int(np.flatnonzero(correct[ranked])[0]) + 1
+        rank = int(image_ranks[image])
         image_queries.append(
             report.ImageQuery(
                 image_id=records[image].image_id,
@@ -122,7 +138,7 @@ def _write_page(path, model, records, inputs, table, scores, results, count: int
             report.SentenceQuery(
                 sentence=" ".join(model.vocab.decode(table.tokens[sentence])),
                 truth_image_id=records[truth].image_id,
-                rank=int(np.flatnonzero(ranked == truth)[0]) + 1,
+                rank=int(sentence_ranks[sentence]),
                 retrieved=[
                     report.RetrievedImage(
                         image_id=records[i].image_id,

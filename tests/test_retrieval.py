@@ -111,3 +111,32 @@ def test_prior_normalisation_discounts_generic_sentences():
     assert result["sentence retrieval (raw)"]["R@1"] == 50.0  # image 0 gets sentence 2 first
     prior = retrieval.log_sentence_prior(scores)
     np.testing.assert_allclose(np.exp(prior), [0.155, 0.155, 0.5])
+
+
+def test_folds_are_scored_with_their_own_sentences_and_averaged():
+    # 4 images x 2 sentences. Fold 1 (images 0, 1) is scored perfectly; in fold 2 (images 2,
+    # 3) every sentence prefers the other image. Cross-fold scores would spoil fold 1 if used.
+    image_of_sentence = np.repeat(np.arange(4), 2)
+    scores = np.full((8, 4), 5.0)  # cross-fold pairs score highest: must be ignored
+    for s, image in enumerate(image_of_sentence):
+        fold = slice(0, 2) if image < 2 else slice(2, 4)
+        scores[s, fold] = -3.0
+        scores[s, image] = -1.0 if image < 2 else -5.0
+    result = retrieval.fold_metrics(scores, image_of_sentence, 2)
+    assert result["image retrieval"]["R@1"] == 50.0  # 100 in fold 1, 0 in fold 2
+    assert result["image retrieval"]["mean rank"] == 1.5
+    assert result["sentence retrieval (raw)"]["R@1"] == 50.0
+    whole = retrieval.retrieval_metrics(scores, image_of_sentence)
+    assert whole["image retrieval"]["R@1"] == 0.0  # without folds, cross-fold pairs win
+
+
+def test_a_given_prior_replaces_the_split_estimate():
+    scores = np.log(np.array([[0.30, 0.01], [0.01, 0.30], [0.50, 0.50]]))
+    image_of_sentence = np.array([0, 1, 1])
+    flat = retrieval.retrieval_metrics(scores, image_of_sentence, log_prior=np.zeros(3))
+    raw = retrieval.retrieval_metrics(scores, image_of_sentence)["sentence retrieval (raw)"]
+    assert flat["sentence retrieval"] == raw  # a constant P(S) changes nothing
+    generic_unlikely = retrieval.retrieval_metrics(
+        scores, image_of_sentence, log_prior=np.log([0.3, 0.3, 0.9])
+    )
+    assert generic_unlikely["sentence retrieval"]["R@1"] == 100.0
