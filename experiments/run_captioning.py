@@ -24,11 +24,11 @@ import platform
 import time
 
 from mrnn_jax import caption_metrics, captioner, evaluate, report, sharding
-from mrnn_jax.checkpoint import write_json_atomic, write_text_atomic
 from mrnn_jax.data import load_split
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.files import write_json_atomic, write_text_atomic
 
 COLUMNS = (
     "perplexity",

@@ -44,7 +44,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import weakref
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -52,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.files import write_text_atomic
 from mrnn_jax.ptb_tokenizer import ptb_tokenize
 
 # --------------------------------------------------------------------------------------
@@ -356,21 +356,8 @@ def save_results(path: str | os.PathLike[str], captions: Mapping[int | str, str]
         if not isinstance(caption, str):
             raise MrnnError(f"{path}: the caption of image {image_id!r} is not a str")
         entries.append({"image_id": image_id, "caption": caption})
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is for sharing
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    text = json.dumps(entries, ensure_ascii=False) + "\n"
+    write_text_atomic(path, text, "results file")
 
 
 def load_results(path: str | os.PathLike[str]) -> dict[int | str, str]:

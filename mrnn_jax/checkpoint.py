@@ -16,7 +16,6 @@ package alone (:func:`mrnn_jax.load`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -166,16 +165,3 @@ def restore_params(directory: str, step: int, abstract_params: Any) -> Any:
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
     )
     return restored["params"]
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file, so no half-written file is left."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """Writes JSON to ``path`` through a temporary file, so no half-written file is left."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -260,7 +260,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name, reason in result.unavailable.items():
         print(f"  {name}: not computed ({reason})")
     if args.json:
-        from mrnn_jax.checkpoint import write_json_atomic
+        from mrnn_jax.files import write_json_atomic
 
         write_json_atomic(
             args.json,

@@ -13,14 +13,12 @@ top-k sentences retrieved for each image, the correct ones marked.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import html
 import io
 import math
 import numbers
 import os
-import tempfile
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mrnn_jax.errors import MrnnError
+from mrnn_jax.files import write_text_atomic
 
 THUMB_WIDTH = 160
 """Displayed width of every image, in CSS pixels; smaller images are scaled up pixelated."""
@@ -424,28 +422,8 @@ def _attr_number(value: float | None) -> str:
 
 
 def _write_atomic(target: str, text: str) -> None:
-    """Write ``text`` to ``target`` through a temporary file in the same folder."""
-    directory = os.path.dirname(os.path.abspath(target))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
-        )
-    except OSError as e:
-        raise MrnnError(f"{target}: cannot write the results page ({e.strerror or e})") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise MrnnError(f"{target}: cannot write the results page ({e.strerror or e})") from e
-        raise
+    """Write the page through a temporary file in the same folder."""
+    write_text_atomic(target, text, "results page")
 
 
 # --- the retrieval page ------------------------------------------------------------------

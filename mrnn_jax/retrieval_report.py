@@ -11,10 +11,10 @@ import numpy as np
 
 from mrnn_jax import report, retrieval
 from mrnn_jax.captioner import Captioner
-from mrnn_jax.checkpoint import write_json_atomic, write_text_atomic
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.files import write_json_atomic, write_text_atomic
 
 
 def run(model: Captioner, args: argparse.Namespace) -> dict:

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from mrnn_jax import checkpoint, configs, evaluate, metrics, sharding
+from mrnn_jax import checkpoint, configs, evaluate, files, metrics, sharding
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable, data_state, train_batch
 from mrnn_jax.errors import MrnnError
@@ -224,7 +224,7 @@ def _train_and_evaluate(
     config_json = configs.to_json(config)
     if latest is not None:
         check_resume(workdir, ckpts.read_item(latest, "config"), config_json)
-    checkpoint.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
+    files.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
 
     # Input.
     splits = load_dataset(config.dataset, config.encoder)
@@ -350,7 +350,7 @@ def _train_and_evaluate(
         ]
         metrics_log.write(best_step, split, values)
     results["wall_time_seconds"] = time.time() - started
-    checkpoint.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
 
 

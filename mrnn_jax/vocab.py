@@ -26,10 +26,8 @@ The vocabulary maps words to integer ids; the four reserved tokens have fixed id
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -39,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.files import write_text_atomic
 
 PAD = "<pad>"
 START = "<start>"
@@ -301,29 +300,8 @@ class Vocabulary:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary as JSON to ``path``, atomically (readers never see a
         half-written file). Parent directories are created if needed."""
-        target = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(target))
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
-            )
-        except OSError as e:
-            raise MrnnError(f"{target}: cannot write vocabulary ({e.strerror or e})") from e
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, ensure_ascii=False, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(e, OSError):
-                raise MrnnError(f"{target}: cannot write vocabulary ({e.strerror or e})") from e
-            raise
+        text = json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n"
+        write_text_atomic(path, text, "vocabulary")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocabulary:
