@@ -15,12 +15,12 @@ import functools
 import json
 import os
 import platform
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_time
 
 from mrnn_jax import captioner, decode
 from mrnn_jax.model import MRNN, make_model
@@ -71,17 +71,6 @@ def python_loop_beam(
     return sorted(finished or beams, key=lambda b: -b[1])[:k]
 
 
-def _time(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     """Times every strategy and batch size; prints a Markdown table and writes JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -125,17 +114,17 @@ def main() -> None:
     rows = []
     for batch in args.batch_sizes:
         inputs = jnp.asarray(make_inputs(batch))
-        greedy = _time(
+        greedy = median_time(
             lambda x=inputs: decode.greedy(model, params, x, args.max_words), args.repeats
-        )
-        beam = _time(
+        )[0]
+        beam = median_time(
             lambda x=inputs: decode.beam(model, params, x, args.max_words, args.beam), args.repeats
-        )
+        )[0]
         rows.append({"batch": batch, "greedy": batch / greedy, f"beam {args.beam}": batch / beam})
     one = np.asarray(make_inputs(1))[0]
-    loop = _time(
+    loop = median_time(
         lambda: python_loop_beam(model, params, one, args.beam, args.max_words), args.repeats
-    )
+    )[0]
     lines = [
         f"Captions per second ({name}; {platform.machine()}, {os.cpu_count()} cores, "
         f"{jax.devices()[0].platform}, {time.strftime('%Y-%m-%d')}; median of {args.repeats}):",

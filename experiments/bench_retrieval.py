@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -29,23 +28,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_time
 
 from mrnn_jax import retrieval
 from mrnn_jax.model import MRNN, activation, make_model
 from mrnn_jax.vocab import END_ID, START_ID, UNK_ID
 
 FULL_SENTENCES, FULL_IMAGES = 5_000, 1_000  # the Flickr8K / Flickr30K test split
-
-
-def _time(fn, repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up, and all times."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def _peak_rss_mib() -> float:
@@ -123,7 +112,7 @@ def matmul_peak(size: int, repeats: int) -> float:
     a = jax.random.normal(keys[0], (size, size), jnp.float32)
     b = jax.random.normal(keys[1], (size, size), jnp.float32)
     product = jax.jit(jnp.matmul)
-    seconds, _ = _time(lambda: product(a, b), repeats)
+    seconds, _ = median_time(lambda: product(a, b), repeats)
     return 2 * size**3 / seconds / 1e9
 
 
@@ -166,7 +155,7 @@ def tile_breakdown(model: MRNN, params: dict, tokens, images, args) -> dict[str,
             model, params, tokens, images, sentence_tile=s, image_tile=i
         ),
     }
-    return {name: _time(fn, args.repeats)[0] for name, fn in runs.items()}
+    return {name: median_time(fn, args.repeats)[0] for name, fn in runs.items()}
 
 
 def child(args) -> None:
@@ -309,7 +298,7 @@ def main() -> None:
         sentence_tile=args.sentence_tile,
         image_tile=args.image_tile,
     )
-    seconds, all_seconds = _time(score, args.repeats)
+    seconds, all_seconds = median_time(score, args.repeats)
     peak_after = matmul_peak(args.peak_size, args.peak_repeats)
     peak = max(peak_before, peak_after)
     pairs = args.sentences * args.images

@@ -23,24 +23,13 @@ import os
 import platform
 import time
 
-from mrnn_jax import caption_metrics, captioner, evaluate, report, sharding
-from mrnn_jax.data import load_split
+from mrnn_jax import caption_metrics, captioner, evaluate, report
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.files import write_json_atomic, write_text_atomic
 
-COLUMNS = (
-    "perplexity",
-    "BLEU-1",
-    "BLEU-2",
-    "BLEU-3",
-    "BLEU-4",
-    "METEOR",
-    "ROUGE-L",
-    "CIDEr-D",
-    "largest object named",
-)
+COLUMNS = ("perplexity", *caption_metrics.SCORE_NAMES, "largest object named")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,11 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
     max_words = args.max_words or model.config.eval.max_decode_words
-    data = load_split(model.config.dataset, model.config.encoder, args.split, args.max_images)
-    mesh = sharding.make_mesh()
-    batch_size = args.batch_size or model.config.eval.batch_size
-    batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
-    params = sharding.replicate(model.params, mesh)
+    setup = evaluate.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
+    data, mesh, batch_size, params = setup.data, setup.mesh, setup.batch_size, setup.params
     os.makedirs(args.out, exist_ok=True)
 
     table = CaptionTable.build_uncut(data.records, model.vocab, model.config.dataset.max_words)

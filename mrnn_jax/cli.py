@@ -229,24 +229,21 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mrnn_jax import captioner, evaluate, sharding
-    from mrnn_jax.data import load_split
+    from mrnn_jax import captioner, evaluate
 
     model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
     options = _decode_options(args, model.config.eval.max_decode_words)
-    data = load_split(model.config.dataset, model.config.encoder, args.split, args.max_images)
-    mesh = sharding.make_mesh()
-    batch_size = args.batch_size or model.config.eval.batch_size
-    batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
+    setup = evaluate.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
+    data = setup.data
     result = evaluate.evaluate_captioning(
         model.model,
-        sharding.replicate(model.params, mesh),
+        setup.params,
         data,
         model.vocab,
         options,
         max_words=model.config.dataset.max_words,
-        batch_size=batch_size,
-        mesh=mesh,
+        batch_size=setup.batch_size,
+        mesh=setup.mesh,
         progress=not args.no_progress,
     )
     print(

@@ -203,3 +203,28 @@ def evaluate_captioning(
         references=[references[i] for i in image_ids],
         per_image=[scores.per_image.get(i, {}) for i in image_ids],
     )
+
+
+@dataclasses.dataclass
+class SplitEvaluation:
+    """What evaluating a checkpoint on a split needs: the data, the mesh, a batch size that
+    splits over it, and the parameters placed on it."""
+
+    data: SplitData
+    mesh: Mesh
+    batch_size: int
+    params: dict
+
+
+def prepare_split_evaluation(
+    captioner, split: str, max_images: int | None = None, batch_size: int | None = None
+) -> SplitEvaluation:
+    """Loads ``split`` of the captioner's dataset and places its parameters on every device."""
+    from mrnn_jax.data import load_split
+
+    config = captioner.config
+    data = load_split(config.dataset, config.encoder, split, max_images)
+    mesh = sharding.make_mesh()
+    size = batch_size or config.eval.batch_size
+    size = max(mesh.size, size - size % mesh.size)
+    return SplitEvaluation(data, mesh, size, sharding.replicate(captioner.params, mesh))
