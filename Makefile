@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 DATASET ?= shapes
 CONFIG ?= $(DATASET)
 WORKDIR ?= runs/$(DATASET)
+# The dataset's folder and precomputed features (real datasets; see data_prep/README.md)
+DATA_DIR ?=
+FEATURES ?=
 # Extra config overrides for `make train`, e.g. ARGS="train.num_steps=500"
 ARGS ?=
+DATA_FLAGS := $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FEATURES),--features $(FEATURES))
 
 .PHONY: install test lint format train clean help
 
@@ -31,8 +35,8 @@ format:  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-train:  ## train on DATASET (default shapes) into WORKDIR; resumes if it holds a checkpoint
-	$(BIN)/mrnn train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
+train:  ## train on DATASET (shapes, flickr8k, flickr30k, coco, iapr, folder) from DATA_DIR [FEATURES]
+	$(BIN)/mrnn train --config $(CONFIG) --workdir $(WORKDIR) $(DATA_FLAGS) $(ARGS)
 
 clean:  ## remove build artefacts (not runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

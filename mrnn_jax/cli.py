@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="use the first N devices of the mesh (default: all)",
     )
+    _add_data_arguments(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-images", type=int, default=None, help="first N images only")
     evaluate.add_argument("--batch-size", type=int, default=None, help="images per batch")
     _add_decoding_arguments(evaluate)
+    _add_data_arguments(evaluate)
     evaluate.add_argument("--json", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -132,6 +134,7 @@ def add_retrieve_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="COCO's 1K-test protocol: folds of 1,000 images, metrics averaged",
     )
+    _add_data_arguments(retrieve)
     retrieve.add_argument("--sentence-tile", type=int, default=16, help="sentences per tile")
     retrieve.add_argument("--image-tile", type=int, default=32, help="images per tile")
     retrieve.add_argument("--json", default=None, help="write the metrics to this JSON file")
@@ -146,6 +149,41 @@ def add_retrieve_parser(sub) -> argparse.ArgumentParser:
     )
     retrieve.add_argument("--no-progress", action="store_true", help="no progress bar")
     return retrieve
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "data (default: the config's, or for a checkpoint the paths it was trained with)"
+    )
+    group.add_argument(
+        "--data-dir",
+        default=None,
+        help="the dataset's folder (sets dataset.data_dir; see data_prep/README.md)",
+    )
+    group.add_argument(
+        "--features",
+        default=None,
+        help="precomputed image features: .npz ('features', 'filenames') or .npy with a names "
+        ".txt beside it (sets dataset.features)",
+    )
+
+
+def _data_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
+    if args.data_dir is not None:
+        overrides.append(f"dataset.data_dir={args.data_dir}")
+    if args.features is not None:
+        overrides.append(f"dataset.features={args.features}")
+    return overrides
+
+
+def _load_for_data(args: argparse.Namespace):
+    """The checkpoint of ``args``, its dataset paths replaced by --data-dir / --features."""
+    from mrnn_jax import captioner, configs
+
+    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    configs.apply_overrides(model.config, _data_overrides(args))
+    return model
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,7 +232,7 @@ def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptio
 def _train(args: argparse.Namespace) -> int:
     from mrnn_jax import configs, train
 
-    config = configs.load_config(args.config, args.overrides)
+    config = configs.load_config(args.config, [*_data_overrides(args), *args.overrides])
     results = train.train_and_evaluate(
         config, args.workdir, num_devices=args.devices, progress=not args.no_progress
     )
@@ -202,6 +240,8 @@ def _train(args: argparse.Namespace) -> int:
         f"best checkpoint: step {results['best_step']}, "
         f"validation perplexity {results['best_val_perplexity']:.3f}"
     )
+    for kind, skipped in results.get("data", {}).get("skipped", {}).items():
+        print(f"data: {skipped['count']} {kind}")
     for split, values in results["splits"].items():
         line = f"{split}: perplexity {values['perplexity']:.3f}"
         if "phrase_accuracy" in values:
@@ -229,9 +269,9 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mrnn_jax import captioner, evaluate
+    from mrnn_jax import evaluate
 
-    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    model = _load_for_data(args)
     options = _decode_options(args, model.config.eval.max_decode_words)
     setup = evaluate.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
     data = setup.data
@@ -276,9 +316,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _retrieve(args: argparse.Namespace) -> int:
-    from mrnn_jax import captioner, retrieval_report
+    from mrnn_jax import retrieval_report
 
-    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    model = _load_for_data(args)
     retrieval_report.run(model, args)
     return 0
 
@@ -295,7 +335,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.features:
         if model.takes_pixels:
             raise MrnnError(f"{args.checkpoint} reads images; use --images, not --features")
-        names, inputs = load_features(args.features)
+        feature_file = load_features(args.features)
+        names, inputs = feature_file.names, np.asarray(feature_file.features, np.float32)
         expected = int(model.config.encoder.features_dim)
         if inputs.shape[1] != expected:
             raise MrnnError(

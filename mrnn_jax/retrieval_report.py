@@ -20,12 +20,13 @@ from mrnn_jax.files import write_json_atomic, write_text_atomic
 def run(model: Captioner, args: argparse.Namespace) -> dict:
     """Evaluates retrieval as ``args`` say (see ``mrnn retrieve --help``); returns the metrics."""
     started = time.time()
-    splits = load_dataset(model.config.dataset, model.config.encoder)
-    if args.split not in splits:
-        raise MrnnError(f"dataset has no split {args.split!r}: {sorted(splits)}")
     for option in ("max_images", "prior_images"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise MrnnError(f"--{option.replace('_', '-')} must be at least 1")
+    wanted = [args.split, *(["train"] if args.prior_images else [])]
+    splits = load_dataset(model.config.dataset, model.config.encoder, wanted).splits
+    if args.split not in splits:
+        raise MrnnError(f"dataset has no split {args.split!r}: {sorted(splits)}")
     data = splits[args.split]
     count = len(data.records) if args.max_images is None else args.max_images
     captioned = [i for i, record in enumerate(data.records[:count]) if record.tokens]

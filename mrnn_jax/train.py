@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from mrnn_jax import checkpoint, configs, evaluate, files, metrics, sharding
-from mrnn_jax.data import load_dataset
+from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.pipeline import CaptionTable, data_state, train_batch
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN, make_model
@@ -202,10 +202,19 @@ def train_and_evaluate(
     sharding.check_batch_size(
         tc.batch_size // tc.captions_per_image, mesh, "train.batch_size / train.captions_per_image"
     )
+    # Input: read and check the data before anything is written.
+    dataset = load_dataset(config.dataset, config.encoder)
+    for split in ("train", "val", *config.eval.splits):
+        if split not in dataset.splits:
+            raise MrnnError(
+                f"dataset {config.dataset.name!r} has no split {split!r} (has "
+                f"{sorted(dataset.splits)}); training needs train and val, and eval.splits "
+                f"names {list(config.eval.splits)}"
+            )
     os.makedirs(workdir, exist_ok=True)
     ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
     try:
-        return _train_and_evaluate(config, workdir, mesh, ckpts, progress, started)
+        return _train_and_evaluate(config, workdir, mesh, ckpts, dataset, progress, started)
     finally:
         ckpts.close()
 
@@ -215,6 +224,7 @@ def _train_and_evaluate(
     workdir: str,
     mesh: Mesh,
     ckpts: checkpoint.RunCheckpoints,
+    dataset: Dataset,
     progress: bool,
     started: float,
 ) -> dict:
@@ -227,9 +237,7 @@ def _train_and_evaluate(
     files.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
 
     # Input.
-    splits = load_dataset(config.dataset, config.encoder)
-    if "train" not in splits or "val" not in splits:
-        raise MrnnError(f"dataset {config.dataset.name!r} needs train and val splits")
+    splits = dataset.splits
     if latest is not None:
         vocab = Vocabulary.from_json(ckpts.read_item(latest, "vocab"))
     else:
@@ -246,6 +254,8 @@ def _train_and_evaluate(
         len(vocab),
         mesh.size,
     )
+
+    data_summary = dataset.summary()
 
     # Model and optimiser.
     model = make_model(config.model, config.encoder, len(vocab))
@@ -316,6 +326,7 @@ def _train_and_evaluate(
                 "step": step,
                 "data_state": data_state(train_table, step, tc.batch_size, tc.captions_per_image),
                 "best_val_perplexity": best_val,
+                "data": data_summary,
             }
             if is_best:
                 ckpts.save(step, state.params, None, meta, config_json, vocab_json, best=True)
@@ -329,10 +340,13 @@ def _train_and_evaluate(
         log.warning("no finite validation perplexity: evaluating the latest checkpoint")
     params = checkpoint.restore_params(best_dir, best_step, state.params)
     params = sharding.replicate(params, mesh)
-    results = {"best_step": best_step, "best_val_perplexity": best_val, "splits": {}}
+    results = {
+        "best_step": best_step,
+        "best_val_perplexity": best_val,
+        "data": data_summary,
+        "splits": {},
+    }
     for split in config.eval.splits:
-        if split not in splits:
-            raise MrnnError(f"eval.splits names {split!r}; the dataset has {sorted(splits)}")
         values, captions = evaluate.evaluate_split(
             model,
             params,

@@ -110,3 +110,36 @@ def test_image_batches_pad_the_last_batch():
     out = list(image_batches(np.arange(5), 2))
     assert [count for _, count in out] == [2, 2, 1]
     assert all(batch.shape == (2,) for batch, _ in out)
+
+
+def test_each_process_gets_its_own_part_of_the_global_batch():
+    table, _ = _table([5] * 16)
+    inputs = np.arange(16)[:, None] * 10.0
+    for step in (0, 3, 5):
+        full = train_batch(table, inputs, step, 20, seed=1, captions_per_image=5)
+        parts = [
+            train_batch(table, inputs, step, 20, 1, 5, process_index=p, process_count=2)
+            for p in range(2)
+        ]
+        assert parts[0]["image"].shape == (2, 1) and parts[0]["tokens"].shape[0] == 10
+        for key in ("image", "tokens"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), full[key])
+    with pytest.raises(ValueError, match="do not split over 3 processes"):
+        train_batch(table, inputs, 0, 20, 1, 5, process_index=0, process_count=3)
+
+
+def test_batches_read_memory_mapped_feature_rows(tmp_path):
+    from mrnn_jax.data.features import RowSubset
+
+    table, _ = _table([2] * 6)
+    base = np.lib.format.open_memmap(tmp_path / "f.npy", "w+", np.float16, (10, 4))
+    base[:] = np.arange(40).reshape(10, 4)
+    base.flush()
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    rows = np.array([9, 7, 5, 3, 1, 0])  # record i's features are row rows[i] of the file
+    inputs = RowSubset(mapped, rows)
+    assert inputs.shape == (6, 4) and len(inputs) == 6
+    batch = train_batch(table, inputs, 0, 6, seed=0, captions_per_image=2)
+    images = table.epoch_order(0, 0).images[:3]
+    np.testing.assert_array_equal(batch["image"], np.asarray(mapped)[rows[images]])
+    np.testing.assert_array_equal(inputs[1:3], np.asarray(mapped)[[7, 5]])

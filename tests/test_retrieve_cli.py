@@ -113,18 +113,20 @@ def test_search_with_features_on_a_pixel_checkpoint_is_refused(tiny_run, tmp_pat
 def test_features_files(tmp_path):
     features = np.arange(12, dtype=np.float64).reshape(3, 4)
     np.savez(tmp_path / "f.npz", features=features, filenames=np.array(["a.jpg", "b.jpg", "c.jpg"]))
-    names, loaded = load_features(str(tmp_path / "f.npz"))
-    assert names == ["a.jpg", "b.jpg", "c.jpg"] and loaded.dtype == np.float32
-    np.testing.assert_array_equal(loaded, features)
+    loaded = load_features(str(tmp_path / "f.npz"))
+    assert loaded.names == ["a.jpg", "b.jpg", "c.jpg"] and loaded.features.dtype == np.float32
+    np.testing.assert_array_equal(loaded.features, features)
 
-    np.save(tmp_path / "g.npy", features)
+    np.save(tmp_path / "g.npy", features.astype(np.float16))
     (tmp_path / "g.txt").write_text("\ufeffa.jpg\nb.jpg\r\nc.jpg\n", encoding="utf-8")
-    assert load_features(str(tmp_path / "g.npy"))[0] == ["a.jpg", "b.jpg", "c.jpg"]
+    mapped = load_features(str(tmp_path / "g.npy"))
+    assert mapped.names == ["a.jpg", "b.jpg", "c.jpg"]
+    assert isinstance(mapped.features, np.memmap) and mapped.features.dtype == np.float16
 
     bad = features.copy()
     bad[1, 2] = np.nan
     np.savez(tmp_path / "nan.npz", features=bad, filenames=np.array(["a", "b", "c"]))
-    with pytest.raises(MrnnError, match=r"nan.npz: rows that are not finite, first: \['b'\]"):
+    with pytest.raises(MrnnError, match=r"nan.npz: feature rows with NaN or inf.*: row 1 \(b\)"):
         load_features(str(tmp_path / "nan.npz"))
     np.savez(tmp_path / "short.npz", features=features, filenames=np.array(["a", "b"]))
     with pytest.raises(MrnnError, match="3 feature rows but 2 file names"):

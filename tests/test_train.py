@@ -132,7 +132,7 @@ from mrnn_jax.vocab import Vocabulary
 
 assert jax.device_count() == 2, jax.devices()
 config = configs.load_config("tiny", ["model.dropout_rate=0.0"])
-splits = load_dataset(config.dataset, config.encoder)
+splits = load_dataset(config.dataset, config.encoder).splits
 vocab = Vocabulary.build([t for r in splits["train"].records for t in r.tokens], min_count=1)
 table = CaptionTable.build(splits["train"].records, vocab, config.dataset.max_words)
 model = make_model(config.model, config.encoder, len(vocab))

@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 
 from mrnn_jax.errors import MrnnError
 
-BUILTIN = ("default", "shapes", "tiny")
+BUILTIN = ("default", "shapes", "tiny", "flickr8k", "flickr30k", "coco", "iapr", "folder")
 
 # Sections whose values fix the shape of the parameters (or the vocabulary): a checkpoint
 # cannot be resumed under a config that changes them.
@@ -53,6 +53,10 @@ def validate(config: ConfigDict) -> None:
             raise MrnnError(
                 f"model.{key}={config.model[key]!r}: choose from {', '.join(sorted(ACTIVATIONS))}"
             )
+    from mrnn_jax.data import DATASETS
+
+    if config.dataset.name not in DATASETS:
+        raise MrnnError(f"dataset.name={config.dataset.name!r}: choose from {', '.join(DATASETS)}")
     if config.encoder.name not in ENCODERS:
         raise MrnnError(f"encoder.name={config.encoder.name!r}: choose from {', '.join(ENCODERS)}")
     for key in ("embed_dim", "word_dim", "multimodal_dim"):
@@ -174,7 +178,25 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+# Where the data lies (not what it is): a resumed run may find it somewhere else.
+DATA_PATH_KEYS = tuple(
+    f"dataset.{key}"
+    for key in (
+        "data_dir",
+        "features",
+        "features_names",
+        "karpathy_json",
+        "train_list",
+        "val_list",
+        "test_list",
+        "captions_file",
+    )
+)
+
+
 def _fixed_on_resume(key: str) -> bool:
+    if key in DATA_PATH_KEYS:
+        return False
     section = key.split(".", 1)[0]
     return section in (*MODEL_SECTIONS, "dataset") or key in DATA_KEYS
 

@@ -1,7 +1,8 @@
 """The paper's m-RNN (Mao et al. 2014 / ICLR 2015) on precomputed CNN features.
 
-Run: mrnn train --config default --workdir runs/flickr30k dataset.name=flickr30k ...
-(real datasets arrive with the dataset issue; today ``shapes`` is the dataset that runs).
+Run: mrnn train --config default --workdir runs/x dataset.name=flickr30k \
+         --data-dir DATA --features fc7.npz
+(the per-dataset configs flickr8k, flickr30k, coco, iapr and folder start from this one).
 
 Values marked "paper" are from the m-RNN papers; every other value is our choice, with the
 reason next to it, because the papers do not give it.
@@ -15,7 +16,25 @@ def get_config() -> ConfigDict:
     c = ConfigDict()
 
     c.dataset = ConfigDict()
+    # shapes (built in), flickr8k, flickr30k, coco, iapr or folder (your own captions file).
     c.dataset.name = "shapes"
+    # The dataset's folder, in its published layout (data_prep/README.md; a missing file's
+    # error says where to get it). Paths may move between runs: resuming allows it.
+    c.dataset.data_dir = ""
+    # Precomputed image features: .npz with 'features' [N, D] and 'filenames' [N], or an
+    # .npy matrix (memory-mapped) with the names in a .txt beside it (or features_names).
+    c.dataset.features = ""
+    c.dataset.features_names = ""
+    # Karpathy's dataset_<name>.json (flickr8k, flickr30k, coco); "" = DATA_DIR's, if any.
+    c.dataset.karpathy_json = ""
+    # Split lists, one image per line (Flickr30K, IAPR TC-12, or to override Flickr8K's).
+    c.dataset.train_list = ""
+    c.dataset.val_list = ""
+    c.dataset.test_list = ""
+    # Karpathy's COCO "restval" images (30,504) join train, as in most papers since 2015.
+    c.dataset.merge_restval = True
+    # folder: the captions file ("" = DATA_DIR/captions.jsonl or captions.csv).
+    c.dataset.captions_file = ""
     # Words seen fewer times than this in the TRAINING captions map to <unk>. Our choice: 5,
     # the common threshold in this literature (neuraltalk, im2txt).
     c.dataset.min_count = 5

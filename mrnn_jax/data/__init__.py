@@ -1,54 +1,201 @@
-"""Datasets: one record type for every source, and the batching that feeds training."""
+"""Datasets: one record type for every source, and the batching that feeds training.
+
+``load_dataset`` reads a dataset named in the config (its files in their published formats),
+attaches each split's image inputs (precomputed features, or pixels for encoders that read
+images), and reports what it skipped.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
+
+from mrnn_jax.data.download import FEATURES, instructions
 from mrnn_jax.data.pipeline import CaptionTable, SplitData, eval_batches, train_batch
-from mrnn_jax.data.records import ImageRecord
+from mrnn_jax.data.records import DataReport, ImageRecord
 from mrnn_jax.errors import MrnnError
 
-DATASETS = ("shapes",)
+log = logging.getLogger("mrnn_jax")
+
+DATASETS = ("shapes", "flickr8k", "flickr30k", "coco", "iapr", "folder")
 
 
-def load_dataset(dataset_config: Mapping, encoder_config: Mapping) -> dict[str, SplitData]:
-    """Every split of the dataset named in ``dataset_config``, keyed by split name."""
-    name = dataset_config["name"]
-    if name == "shapes":
-        from mrnn_jax.data import shapes
+@dataclasses.dataclass
+class Dataset:
+    """Every split of a dataset, what reading it skipped, and where its features came from."""
 
-        image_size = int(encoder_config.get("image_size", 64))
-        splits = shapes.load_shapes(
-            dict(dataset_config["shapes_sizes"]), seed=dataset_config["seed"], image_size=image_size
-        )
+    name: str
+    splits: dict[str, SplitData]
+    report: DataReport
+    features: dict | None = None
+
+    def summary(self) -> dict:
+        """Images and captions per split, and the skip counts (for the run summary)."""
         return {
+            "dataset": self.name,
+            "splits": {
+                name: {
+                    "images": len(split.records),
+                    "captions": sum(len(r.captions) for r in split.records),
+                }
+                for name, split in self.splits.items()
+            },
+            "skipped": self.report.summary(),
+            "features": self.features,
+        }
+
+
+def _reader(name: str) -> Callable[[Mapping, DataReport], list[ImageRecord]]:
+    from mrnn_jax.data import coco, flickr, folder, iapr
+
+    return {
+        "flickr8k": flickr.read_flickr8k,
+        "flickr30k": flickr.read_flickr30k,
+        "coco": coco.read_coco,
+        "iapr": iapr.read_iapr,
+        "folder": folder.read_folder,
+    }[name]
+
+
+def read_records(dataset_config: Mapping, report: DataReport) -> list[ImageRecord]:
+    """The records of a real dataset, read from ``dataset.data_dir`` in its own format."""
+    name = dataset_config["name"]
+    data_dir = dataset_config.get("data_dir", "")
+    if not data_dir:
+        raise MrnnError(
+            f"dataset {name!r} needs its folder: set DATA_DIR= (make) or --data-dir (mrnn).\n"
+            f"{instructions(name)}"
+        )
+    if not os.path.isdir(data_dir):
+        raise MrnnError(
+            f"{data_dir}: no such data folder for dataset {name!r}.\n{instructions(name)}"
+        )
+    return _reader(name)(dataset_config, report)
+
+
+def _shapes(dataset_config: Mapping, encoder_config: Mapping) -> Dataset:
+    from mrnn_jax.data import shapes
+
+    image_size = int(encoder_config.get("image_size", 64))
+    splits = shapes.load_shapes(
+        dict(dataset_config["shapes_sizes"]), seed=dataset_config["seed"], image_size=image_size
+    )
+    return Dataset(
+        name="shapes",
+        splits={
             split: SplitData(records=data.records, inputs=data.images, scenes=data.scenes)
             for split, data in splits.items()
+        },
+        report=DataReport(),
+    )
+
+
+def _pixels(records: list[ImageRecord], encoder_config: Mapping, split: str) -> np.ndarray:
+    from mrnn_jax import images
+
+    missing = [r.file_path for r in records if not r.file_path or not os.path.isfile(r.file_path)]
+    if missing:
+        raise MrnnError(
+            f"{len(missing)} of {len(records)} images of split {split!r} are not on disk, "
+            f"first: {', '.join(str(m) for m in missing[:5])}"
+        )
+    size = int(encoder_config.get("image_size", 224))
+    return images.load_images([r.file_path for r in records], size)
+
+
+def load_dataset(
+    dataset_config: Mapping, encoder_config: Mapping, splits: Iterable[str] | None = None
+) -> Dataset:
+    """The dataset named in ``dataset_config``: its splits (all, or those in ``splits``) with
+    their image inputs, and the report of what reading skipped (logged as warnings).
+
+    With ``dataset.features`` set, inputs are rows of that (memory-mapped) file matched to the
+    images by file name, and the images need not be on disk. Without it, an encoder that
+    reads pixels gets the images from disk; the ``features`` encoder needs the file.
+    """
+    from mrnn_jax.data.features import RowSubset, align, load_features
+    from mrnn_jax.encoders import takes_pixels
+
+    name = dataset_config["name"]
+    if name == "shapes":
+        return _shapes(dataset_config, encoder_config)
+    if name not in DATASETS:
+        raise MrnnError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    features_path = dataset_config.get("features", "")
+    if not features_path and not takes_pixels(encoder_config):
+        raise MrnnError(
+            f"dataset {name!r} with encoder 'features' needs precomputed image features: set "
+            f"FEATURES= (make) or --features (mrnn).\n{FEATURES}\n(Computing features from the "
+            f"images arrives with the image encoders; encoder.name=small_cnn trains a small CNN "
+            f"on the pixels instead.)"
+        )
+    report = DataReport()
+    records = read_records(dataset_config, report)
+    wanted = set(splits) if splits is not None else None
+    by_split: dict[str, list[ImageRecord]] = {}
+    for record in records:
+        if wanted is None or record.split in wanted:
+            by_split.setdefault(record.split, []).append(record)
+    for split in sorted(wanted or ()):
+        if split not in by_split:
+            found = sorted({r.split for r in records})
+            raise MrnnError(f"dataset {name!r} has no images in split {split!r} (has {found})")
+    report.log(name)
+    info = None
+    if features_path:
+        feature_file = load_features(features_path, dataset_config.get("features_names") or None)
+        expected = int(encoder_config.get("features_dim", feature_file.dim))
+        if not takes_pixels(encoder_config) and feature_file.dim != expected:
+            raise MrnnError(
+                f"{features_path}: {feature_file.dim}-d features, the config expects {expected}; "
+                f"add encoder.features_dim={feature_file.dim}"
+            )
+        info = feature_file.info()
+        split_data = {
+            split: SplitData(
+                records=rs,
+                inputs=RowSubset(feature_file.features, align(rs, feature_file, split)),
+            )
+            for split, rs in by_split.items()
         }
-    raise MrnnError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    else:
+        split_data = {
+            split: SplitData(records=rs, inputs=_pixels(rs, encoder_config, split))
+            for split, rs in by_split.items()
+        }
+    return Dataset(name=name, splits=split_data, report=report, features=info)
 
 
 def load_split(
     dataset_config: Mapping, encoder_config: Mapping, split: str, max_images: int | None = None
 ) -> SplitData:
     """One split of a dataset, optionally only its first ``max_images`` images."""
-    splits = load_dataset(dataset_config, encoder_config)
-    if split not in splits:
+    dataset = load_dataset(
+        dataset_config, encoder_config, None if dataset_config["name"] == "shapes" else [split]
+    )
+    if split not in dataset.splits:
         raise MrnnError(
-            f"dataset {dataset_config['name']!r} has no split {split!r}: {sorted(splits)}"
+            f"dataset {dataset_config['name']!r} has no split {split!r}: {sorted(dataset.splits)}"
         )
-    data = splits[split]
+    data = dataset.splits[split]
     if max_images is not None:
         data = SplitData(
             records=data.records[:max_images],
-            inputs=data.inputs[:max_images],
+            inputs=np.asarray(data.inputs[:max_images]),
             scenes=None if data.scenes is None else data.scenes[:max_images],
         )
     return data
 
 
 __all__ = [
+    "DATASETS",
     "CaptionTable",
+    "DataReport",
+    "Dataset",
     "ImageRecord",
     "SplitData",
     "eval_batches",

@@ -114,21 +114,29 @@ def train_batch(
     batch_size: int,
     seed: int,
     captions_per_image: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> dict[str, np.ndarray]:
     """The training batch for ``step``: ``batch_size`` captions of ``batch_size / K`` images.
 
     Each epoch visits every image once, in a fresh seeded order, with ``K =
     captions_per_image`` of its captions (cycling from a seeded first caption, so that over
-    epochs every caption is used). Returns ``image [B/K, ...]`` and ``tokens [B, T+1]``, where
-    captions ``K*i .. K*i+K-1`` belong to image ``i``.
+    epochs every caption is used). Returns ``image [B/K, ...]`` and ``tokens [B, T+2]``, where
+    captions ``K*i .. K*i+K-1`` belong to image ``i``. With several processes, each gets
+    only its own contiguous ``1 / process_count`` of the images of the global batch (and
+    reads only their rows of a memory-mapped features file).
     """
     per_batch = images_per_batch(batch_size, captions_per_image)
     per_epoch = batches_per_epoch(table, batch_size, captions_per_image)
     if per_epoch == 0:
         raise ValueError(f"a batch needs {per_batch} images; the split has fewer with captions")
+    if per_batch % process_count:
+        raise ValueError(f"{per_batch} images a batch do not split over {process_count} processes")
     epoch, position = divmod(step, per_epoch)
     order = table.epoch_order(seed, epoch)
-    images = order.images[position * per_batch : (position + 1) * per_batch]
+    local = per_batch // process_count
+    start = position * per_batch + process_index * local
+    images = order.images[start : start + local]
     counts = table.counts[images, None]
     which = (order.first_caption[images, None] + np.arange(captions_per_image)) % counts
     rows = (table.offsets[images, None] + which).reshape(-1)
