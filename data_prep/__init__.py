@@ -1,0 +1,1 @@
+"""Preparing data outside training: dataset builders, feature extraction, weight conversion."""
