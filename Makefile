@@ -10,9 +10,14 @@ DATA_DIR ?=
 FEATURES ?=
 # Extra config overrides for `make train`, e.g. ARGS="train.num_steps=500"
 ARGS ?=
-DATA_FLAGS := $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FEATURES),--features $(FEATURES))
+# Or, instead of FEATURES, a pretrained CNN on the images: WEIGHTS=converted file (see
+# data_prep/convert_weights.py), ENCODER=vgg16 (default), resnet50 or alexnet
+ENCODER ?= vgg16
+WEIGHTS ?=
+DATA_FLAGS := $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FEATURES),--features $(FEATURES)) \
+	$(if $(WEIGHTS),encoder.name=$(ENCODER) encoder.weights=$(WEIGHTS))
 
-.PHONY: install test lint format train clean help
+.PHONY: install test lint format train features clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +42,9 @@ format:  ## apply ruff's fixes and formatting
 
 train:  ## train on DATASET (shapes, flickr8k, flickr30k, coco, iapr, folder) from DATA_DIR [FEATURES]
 	$(BIN)/mrnn train --config $(CONFIG) --workdir $(WORKDIR) $(DATA_FLAGS) $(ARGS)
+
+features:  ## extract-features: ENCODER=vgg16|resnet50|alexnet WEIGHTS=file DATASET= DATA_DIR= OUT=
+	$(BIN)/mrnn extract-features --encoder $(ENCODER) --weights $(WEIGHTS) --dataset $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) $(ARGS)
 
 clean:  ## remove build artefacts (not runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -91,6 +91,42 @@ def _parser() -> argparse.ArgumentParser:
 
     add_retrieve_parser(sub)
 
+    extract = sub.add_parser(
+        "extract-features",
+        help="compute a pretrained CNN's features of a dataset's (or a folder's) images",
+        description="Run VGG-16, ResNet-50 or AlexNet (converted weights, see "
+        "data_prep/convert_weights.py) over every image of a dataset or folder and write the "
+        "precomputed-features file training reads (.npz, or .npy with .txt names), with its "
+        "provenance. Interrupted, the same command continues where it stopped.",
+    )
+    extract.add_argument(
+        "--encoder", required=True, choices=("vgg16", "resnet50", "alexnet"), help="the CNN"
+    )
+    extract.add_argument("--weights", required=True, help="converted weights file")
+    extract.add_argument(
+        "--feature", default="", help="named output (default: fc7, or pooled for resnet50)"
+    )
+    source = extract.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--dataset",
+        choices=("flickr8k", "flickr30k", "coco", "iapr", "folder"),
+        help="every image of this dataset's splits (needs --data-dir)",
+    )
+    source.add_argument("--images", help="every image under this folder (names: relative paths)")
+    extract.add_argument("--data-dir", default=None, help="the dataset's folder")
+    extract.add_argument("--out", required=True, help="output .npz or .npy")
+    extract.add_argument("--batch-size", type=int, default=32, help="images per batch (32)")
+    extract.add_argument(
+        "--dtype", default="float16", choices=("float16", "float32"), help="stored precision"
+    )
+    extract.add_argument(
+        "--on-bad-image",
+        default="skip",
+        choices=("skip", "error"),
+        help="an undecodable image: leave it out and count it (default), or stop",
+    )
+    extract.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     search = sub.add_parser(
         "search",
         help="find the images that best match a sentence",
@@ -347,14 +383,7 @@ def _search(args: argparse.Namespace) -> int:
             raise MrnnError(
                 f"{args.checkpoint} was trained on precomputed features; pass --features"
             )
-        if not os.path.isdir(args.images):
-            raise MrnnError(f"{args.images}: no such folder")
-        paths = sorted(
-            os.path.join(root, f)
-            for root, _, files in os.walk(args.images)
-            for f in files
-            if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif"))
-        )
+        paths = _image_paths(args.images)
         names, images, skipped = [], [], 0
         for path in paths:
             try:
@@ -381,6 +410,59 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _image_paths(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise MrnnError(f"{folder}: no such folder")
+    return sorted(
+        os.path.join(root, f)
+        for root, _, files in os.walk(folder)
+        for f in files
+        if f.lower().endswith(IMAGE_SUFFIXES)
+    )
+
+
+def _extract_features(args: argparse.Namespace) -> int:
+    from mrnn_jax import configs, extract
+    from mrnn_jax.data import DataReport, read_records
+
+    if args.images:
+        paths = _image_paths(args.images)
+        names = [os.path.relpath(p, args.images).replace(os.sep, "/") for p in paths]
+    else:
+        if not args.data_dir:
+            raise MrnnError("--dataset needs --data-dir")
+        config = configs.load_config(args.dataset, [f"dataset.data_dir={args.data_dir}"])
+        records = read_records(config.dataset, DataReport())
+        names = [r.image_id for r in records]
+        paths = [r.file_path for r in records]
+    if not paths:
+        raise MrnnError("no images to extract features from")
+    encoder = {
+        "name": args.encoder,
+        "weights": args.weights,
+        "feature": args.feature,
+        "fine_tune_from": "",
+    }
+    result = extract.extract_features(
+        encoder,
+        names,
+        paths,
+        args.out,
+        batch_size=args.batch_size,
+        on_bad_image=args.on_bad_image,
+        dtype=args.dtype,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{result.path}: {len(result.names)} images, {len(result.skipped)} skipped, "
+        f"{result.images_per_second:.1f} images/s"
+    )
+    return 0
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -393,7 +475,14 @@ def _setup_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``mrnn`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides (KEY=VALUE) may come before, between or after options: collect them all.
+    args, extra = parser.parse_known_args(argv)
+    stray = [t for t in extra if t.startswith("-") or "=" not in t]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     _setup_logging()
     try:
         commands = {
@@ -402,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": _evaluate,
             "retrieve": _retrieve,
             "search": _search,
+            "extract-features": _extract_features,
         }
         return commands[args.command](args)
     except MrnnError as error:

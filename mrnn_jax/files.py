@@ -16,6 +16,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, what: str = "file
     renames it into place (readable by all, 0644). Parent folders are created. On failure
     the old file, if any, is left as it was, no temporary file remains, and an ``OSError``
     becomes :class:`MrnnError` naming the path and ``what`` was being written."""
+    write_bytes_atomic(path, text.encode("utf-8"), what)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, what: str = "file") -> None:
+    """Like :func:`write_text_atomic`, for bytes."""
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
     try:
@@ -26,8 +31,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, what: str = "file
     except OSError as e:
         raise MrnnError(f"{target}: cannot write the {what} ({e.strerror or e})") from e
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

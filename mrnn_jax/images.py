@@ -101,15 +101,16 @@ def _check_args(size: int, resize: str) -> None:
         raise MrnnError(f"image size must be an integer >= 1, got {size!r}")
 
 
-def _resize(image: Image.Image, size: int, resize: str) -> Image.Image:
+def _resize(image: Image.Image, size: int, resize: str, crop_fraction: float = 1.0) -> Image.Image:
     """Resize an RGB image to ``size`` x ``size`` with the given mode."""
     width, height = image.size
     if resize == "squash":
         return image.resize((size, size), Image.Resampling.BICUBIC)
-    # center_crop: scaling the shorter side to `size` and cutting the central square is
-    # the same as resampling the central min(w, h) square of the source to size x size;
-    # doing it in one step avoids a huge intermediate for very elongated images.
-    side = min(width, height)
+    # center_crop: scaling the shorter side to `size / crop_fraction` and cutting the central
+    # size x size square is the same as resampling the central min(w, h) * crop_fraction
+    # square of the source to size x size; doing it in one step avoids a huge intermediate
+    # for very elongated images.
+    side = min(width, height) * crop_fraction
     left = (width - side) / 2.0
     top = (height - side) / 2.0
     return image.resize(
@@ -117,14 +118,20 @@ def _resize(image: Image.Image, size: int, resize: str) -> Image.Image:
     )
 
 
-def load_image(path: str | os.PathLike[str], size: int, resize: str = "center_crop") -> np.ndarray:
+def load_image(
+    path: str | os.PathLike[str],
+    size: int,
+    resize: str = "center_crop",
+    crop_fraction: float = 1.0,
+) -> np.ndarray:
     """Load an image file as a uint8 RGB array of shape ``[size, size, 3]``.
 
     EXIF orientation is applied, the image is converted to RGB with :func:`to_rgb`
     (alpha composited onto white) and resized with bicubic, antialiased resampling:
-    ``"center_crop"`` scales the shorter side to ``size`` and keeps the central square
-    (the ImageNet convention); ``"squash"`` resizes straight to ``size`` x ``size``,
-    ignoring the aspect ratio. Multi-frame files (GIF, TIFF) use their first frame.
+    ``"center_crop"`` scales the shorter side to ``size / crop_fraction`` and keeps the
+    central ``size`` square (the ImageNet convention: 256 then 224 is ``crop_fraction``
+    0.875); ``"squash"`` resizes straight to ``size`` x ``size``, ignoring the aspect
+    ratio. Multi-frame files (GIF, TIFF) use their first frame.
 
     Raises :class:`ImageError` (message starting with the path) for a missing, empty,
     unreadable, non-image, truncated or corrupt file, and :class:`MrnnError` for an
@@ -144,7 +151,7 @@ def load_image(path: str | os.PathLike[str], size: int, resize: str = "center_cr
                 raise ImageError(f"{name}: truncated or corrupt image ({e})") from e
             image = _apply_exif_orientation(img, name)
             rgb = to_rgb(image)
-            out = _resize(rgb, int(size), resize)
+            out = _resize(rgb, int(size), resize, crop_fraction)
     except FileNotFoundError as e:
         raise ImageError(f"{name}: no such file") from e
     except PermissionError as e:
@@ -180,7 +187,10 @@ def _apply_exif_orientation(image: Image.Image, name: str) -> Image.Image:
 
 
 def load_images(
-    paths: Sequence[str | os.PathLike[str]], size: int, resize: str = "center_crop"
+    paths: Sequence[str | os.PathLike[str]],
+    size: int,
+    resize: str = "center_crop",
+    crop_fraction: float = 1.0,
 ) -> np.ndarray:
     """Load several images with :func:`load_image`; returns uint8 ``[N, size, size, 3]``.
 
@@ -189,5 +199,5 @@ def load_images(
     _check_args(size, resize)
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = load_image(path, size, resize)
+        out[i] = load_image(path, size, resize, crop_fraction)
     return out

@@ -33,8 +33,10 @@ def masked_nll_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> d
     return {"nll_sum": nll.sum(), "num_tokens": mask.sum()}
 
 
-def l2_penalty(params: Mapping) -> jax.Array:
-    """0.5 * sum of squares of every weight matrix and embedding (biases are not penalised)."""
+def l2_penalty(params: Mapping, skip: tuple[str, ...] = ()) -> jax.Array:
+    """0.5 * sum of squares of every weight matrix and embedding (biases are not penalised),
+    leaving out the top-level subtrees named in ``skip`` (e.g. a pretrained encoder)."""
+    params = {k: v for k, v in params.items() if k not in skip}
     leaves = jax.tree_util.tree_leaves_with_path(params)
     total = jnp.zeros((), jnp.float32)
     for path, leaf in leaves:

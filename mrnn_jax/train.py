@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mrnn_jax import checkpoint, configs, evaluate, files, metrics, sharding
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.pipeline import CaptionTable, data_state, train_batch
+from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.vocab import Vocabulary
@@ -62,21 +63,52 @@ def make_schedule(train_config: ConfigDict) -> optax.Schedule:
 
 
 def make_optimizer(
-    train_config: ConfigDict, schedule: optax.Schedule | None = None
+    train_config: ConfigDict,
+    schedule: optax.Schedule | None = None,
+    labels: Any = None,
+    encoder_learning_rate: float = 0.0,
 ) -> optax.GradientTransformation:
-    """Adam on ``schedule`` (default :func:`make_schedule`), after clipping by global norm."""
+    """Adam on ``schedule`` (default :func:`make_schedule`), after clipping by global norm.
+
+    With ``labels`` (a pytree like the parameters: ``"mrnn"``, ``"encoder"`` or ``"frozen"``,
+    see :func:`mrnn_jax.encoders.pretrained.trainable_labels`), frozen parameters never
+    change and hold no optimiser state, and fine-tuned encoder layers follow the same
+    schedule scaled to ``encoder_learning_rate``.
+    """
+    schedule = schedule or make_schedule(train_config)
+    clip = optax.clip_by_global_norm(train_config.grad_clip_norm)
+    if labels is None:
+        return optax.chain(clip, optax.adam(schedule))
+    ratio = encoder_learning_rate / train_config.learning_rate
+    zero_frozen = {"mrnn": optax.identity(), "encoder": optax.identity()}
     return optax.chain(
-        optax.clip_by_global_norm(train_config.grad_clip_norm),
-        optax.adam(schedule or make_schedule(train_config)),
+        optax.multi_transform({**zero_frozen, "frozen": optax.set_to_zero()}, labels),
+        clip,  # on the gradients that count only
+        optax.multi_transform(
+            {
+                "mrnn": optax.adam(schedule),
+                "encoder": optax.adam(lambda step: ratio * schedule(step)),
+                "frozen": optax.set_to_zero(),
+            },
+            labels,
+        ),
     )
 
 
 def init_state(
-    model: MRNN, tx: optax.GradientTransformation, seed: int, image: np.ndarray, tokens
+    model: MRNN,
+    tx: optax.GradientTransformation,
+    seed: int,
+    image: np.ndarray,
+    tokens,
+    encoder_params: Any = None,
 ) -> TrainState:
-    """Fresh parameters and optimiser state from ``seed`` (pure)."""
+    """Fresh parameters and optimiser state from ``seed`` (pure); ``encoder_params`` (a
+    pretrained CNN's) replace the encoder's random ones."""
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init(init_rng, image, tokens)["params"]
+    if encoder_params is not None:
+        params = {**params, "image_encoder": {"backbone": encoder_params}}
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng
     )
@@ -86,12 +118,16 @@ def init_state(
 
 
 def make_train_step(
-    model: MRNN, tx: optax.GradientTransformation, l2_weight: float
+    model: MRNN,
+    tx: optax.GradientTransformation,
+    l2_weight: float,
+    l2_skip: tuple[str, ...] = (),
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
 
     The loss is the mean NLL per word over the global batch plus ``l2_weight`` times the L2
-    penalty. Metrics are sums, so that they add up across steps into corpus values.
+    penalty (of every parameter but the top-level subtrees in ``l2_skip``). Metrics are
+    sums, so that they add up across steps into corpus values.
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -108,7 +144,7 @@ def make_train_step(
             )
             sums = metrics.masked_nll_sums(logits, targets, mask)
             nll = sums["nll_sum"] / jnp.maximum(sums["num_tokens"], 1.0)
-            l2 = metrics.l2_penalty(params)
+            l2 = metrics.l2_penalty(params, l2_skip)
             return nll + l2_weight * l2, (sums, l2)
 
         (loss, (sums, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -119,7 +155,7 @@ def make_train_step(
             "loss": loss,
             "nll_sum": sums["nll_sum"],
             "num_tokens": sums["num_tokens"],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "l2": l2,
         }
         return new_state, step_metrics
@@ -202,7 +238,12 @@ def train_and_evaluate(
     sharding.check_batch_size(
         tc.batch_size // tc.captions_per_image, mesh, "train.batch_size / train.captions_per_image"
     )
-    # Input: read and check the data before anything is written.
+    # Pretrained encoder weights (they also say how to preprocess the images) and the data:
+    # read and checked before anything is written.
+    encoder_params = None
+    if config.encoder.name in ARCHITECTURES:
+        encoder_params, encoder_meta = load_pretrained(config.encoder)
+        log.info("encoder: %s from %s", config.encoder.name, encoder_meta["source"]["file_name"])
     dataset = load_dataset(config.dataset, config.encoder)
     for split in ("train", "val", *config.eval.splits):
         if split not in dataset.splits:
@@ -214,7 +255,9 @@ def train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
     try:
-        return _train_and_evaluate(config, workdir, mesh, ckpts, dataset, progress, started)
+        return _train_and_evaluate(
+            config, workdir, mesh, ckpts, dataset, encoder_params, progress, started
+        )
     finally:
         ckpts.close()
 
@@ -225,6 +268,7 @@ def _train_and_evaluate(
     mesh: Mesh,
     ckpts: checkpoint.RunCheckpoints,
     dataset: Dataset,
+    encoder_params: Any,
     progress: bool,
     started: float,
 ) -> dict:
@@ -260,8 +304,14 @@ def _train_and_evaluate(
     # Model and optimiser.
     model = make_model(config.model, config.encoder, len(vocab))
     schedule = make_schedule(tc)
-    tx = make_optimizer(tc, schedule)
-    state = init_state(model, tx, tc.seed, train_inputs[:1], train_table.tokens[:1, :-1])
+    pretrained = config.encoder.name in ARCHITECTURES
+    first_image, first_tokens = train_inputs[:1], train_table.tokens[:1, :-1]
+    labels = None
+    if pretrained:
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), first_image, first_tokens)
+        labels = trainable_labels(shapes["params"], config.encoder)
+    tx = make_optimizer(tc, schedule, labels, config.encoder.get("learning_rate", 0.0))
+    state = init_state(model, tx, tc.seed, first_image, first_tokens, encoder_params)
     state = sharding.replicate(state, mesh)
 
     # Resume.
@@ -277,7 +327,9 @@ def _train_and_evaluate(
         log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
 
     # Loop.
-    train_step = jit_train_step(make_train_step(model, tx, tc.l2_weight), mesh)
+    # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
+    l2_skip = ("image_encoder",) if pretrained else ()
+    train_step = jit_train_step(make_train_step(model, tx, tc.l2_weight, l2_skip), mesh)
     metrics_log = MetricsLog(workdir)
     step = int(jax.device_get(state.step))
     window: list[dict] = []
@@ -343,7 +395,7 @@ def _train_and_evaluate(
     results = {
         "best_step": best_step,
         "best_val_perplexity": best_val,
-        "data": data_summary,
+        "data": dataset.summary(),  # again: images found broken while training count too
         "splits": {},
     }
     for split in config.eval.splits:

@@ -9,6 +9,10 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Keras (the VGG-16 reference) runs on JAX in every test process, whichever test module
+# imports it first: TensorFlow is installed too (for the TFDS builders) and would be its
+# default backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

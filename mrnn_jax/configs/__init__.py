@@ -59,6 +59,10 @@ def validate(config: ConfigDict) -> None:
         raise MrnnError(f"dataset.name={config.dataset.name!r}: choose from {', '.join(DATASETS)}")
     if config.encoder.name not in ENCODERS:
         raise MrnnError(f"encoder.name={config.encoder.name!r}: choose from {', '.join(ENCODERS)}")
+    if config.dataset.get("on_bad_image", "skip") not in ("skip", "error"):
+        raise MrnnError(
+            f"dataset.on_bad_image={config.dataset.on_bad_image!r}: choose skip or error"
+        )
     for key in ("embed_dim", "word_dim", "multimodal_dim"):
         if config.model[key] < 1:
             raise MrnnError(f"model.{key} must be positive, got {config.model[key]}")
@@ -191,7 +195,7 @@ DATA_PATH_KEYS = tuple(
         "test_list",
         "captions_file",
     )
-)
+) + ("encoder.weights",)
 
 
 def _fixed_on_resume(key: str) -> bool:

@@ -35,6 +35,10 @@ def get_config() -> ConfigDict:
     c.dataset.merge_restval = True
     # folder: the captions file ("" = DATA_DIR/captions.jsonl or captions.csv).
     c.dataset.captions_file = ""
+    # Images that cannot be decoded (truncated, corrupt): "skip" (counted, logged; a missing
+    # or empty file drops the image, one found broken mid-run is replaced by a grey image)
+    # or "error" (stop with the file's name).
+    c.dataset.on_bad_image = "skip"
     # Words seen fewer times than this in the TRAINING captions map to <unk>. Our choice: 5,
     # the common threshold in this literature (neuraltalk, im2txt).
     c.dataset.min_count = 5
@@ -59,9 +63,29 @@ def get_config() -> ConfigDict:
     c.model.zero_image = False
 
     c.encoder = ConfigDict()
-    # "features": precomputed vectors (VGG-16 fc7 is 4096-d); "small_cnn": trained jointly.
+    # "features": precomputed vectors (VGG-16 fc7 is 4096-d); "small_cnn": trained jointly;
+    # "vgg16", "resnet50", "alexnet": a pretrained CNN on the images, run in the model.
     c.encoder.name = "features"
     c.encoder.features_dim = 4096  # width of the feature vectors I (VGG-16 / AlexNet fc7)
+    # Pretrained CNNs: the converted weights file (data_prep/convert_weights.py).
+    c.encoder.weights = ""
+    # Which output is I: "" = fc7 (VGG-16, AlexNet; the papers') or pooled (ResNet-50).
+    c.encoder.feature = ""
+    # "" keeps the CNN frozen (the papers' usual setting); a layer name (e.g. fc6, conv5_1,
+    # layer4) fine-tunes it and every later layer, at encoder.learning_rate (our choice:
+    # 1e-5, a hundredth of the m-RNN's, so as not to wreck the pretrained features).
+    c.encoder.fine_tune_from = ""
+    c.encoder.learning_rate = 1e-5
+    # Image size and the pixels' preprocessing: 0 / "" / () take the weights file's own
+    # (torchvision: RGB, 256 then a 224 centre crop, ImageNet mean and std; Keras VGG-16:
+    # BGR minus the mean).
+    c.encoder.image_size = 0
+    c.encoder.resize = "center_crop"
+    c.encoder.crop_fraction = 0.0
+    c.encoder.pixel_order = ""
+    c.encoder.pixel_scale = 0.0
+    c.encoder.pixel_mean = ()
+    c.encoder.pixel_std = ()
 
     c.train = ConfigDict()
     c.train.seed = 0

@@ -94,17 +94,20 @@ def _shapes(dataset_config: Mapping, encoder_config: Mapping) -> Dataset:
     )
 
 
-def _pixels(records: list[ImageRecord], encoder_config: Mapping, split: str) -> np.ndarray:
-    from mrnn_jax import images
+def _image_files(
+    records: list[ImageRecord], encoder_config: Mapping, on_bad_image: str, report: DataReport
+):
+    from mrnn_jax.data.image_files import ImageFiles
 
-    missing = [r.file_path for r in records if not r.file_path or not os.path.isfile(r.file_path)]
-    if missing:
-        raise MrnnError(
-            f"{len(missing)} of {len(records)} images of split {split!r} are not on disk, "
-            f"first: {', '.join(str(m) for m in missing[:5])}"
-        )
-    size = int(encoder_config.get("image_size", 224))
-    return images.load_images([r.file_path for r in records], size)
+    size = int(encoder_config.get("image_size") or 224)
+    return ImageFiles(
+        paths=[r.file_path for r in records],
+        size=size,
+        resize=encoder_config.get("resize", "center_crop"),
+        crop_fraction=float(encoder_config.get("crop_fraction") or 1.0),
+        on_bad_image=on_bad_image,
+        report=report,
+    )
 
 
 def load_dataset(
@@ -115,7 +118,9 @@ def load_dataset(
 
     With ``dataset.features`` set, inputs are rows of that (memory-mapped) file matched to the
     images by file name, and the images need not be on disk. Without it, an encoder that
-    reads pixels gets the images from disk; the ``features`` encoder needs the file.
+    reads pixels gets the images from disk, decoded batch by batch (missing or empty files
+    are dropped and counted, or an error, as ``dataset.on_bad_image`` says); the
+    ``features`` encoder needs the file.
     """
     from mrnn_jax.data.features import RowSubset, align, load_features
     from mrnn_jax.encoders import takes_pixels
@@ -129,9 +134,10 @@ def load_dataset(
     if not features_path and not takes_pixels(encoder_config):
         raise MrnnError(
             f"dataset {name!r} with encoder 'features' needs precomputed image features: set "
-            f"FEATURES= (make) or --features (mrnn).\n{FEATURES}\n(Computing features from the "
-            f"images arrives with the image encoders; encoder.name=small_cnn trains a small CNN "
-            f"on the pixels instead.)"
+            f"FEATURES= (make) or --features (mrnn).\n{FEATURES}\n(Or compute them with mrnn "
+            f"extract-features; or run a pretrained CNN on the images in the model: "
+            f"make train ... ENCODER=vgg16|resnet50|alexnet WEIGHTS=FILE, i.e. "
+            f"encoder.name=... encoder.weights=FILE, FILE from data_prep/convert_weights.py.)"
         )
     report = DataReport()
     records = read_records(dataset_config, report)
@@ -144,8 +150,12 @@ def load_dataset(
         if split not in by_split:
             found = sorted({r.split for r in records})
             raise MrnnError(f"dataset {name!r} has no images in split {split!r} (has {found})")
-    report.log(name)
     info = None
+    if features_path and takes_pixels(encoder_config):
+        raise MrnnError(
+            f"encoder {encoder_config['name']!r} reads the images; precomputed features "
+            f"({features_path}) are for encoder.name=features"
+        )
     if features_path:
         feature_file = load_features(features_path, dataset_config.get("features_names") or None)
         expected = int(encoder_config.get("features_dim", feature_file.dim))
@@ -163,10 +173,16 @@ def load_dataset(
             for split, rs in by_split.items()
         }
     else:
-        split_data = {
-            split: SplitData(records=rs, inputs=_pixels(rs, encoder_config, split))
-            for split, rs in by_split.items()
-        }
+        from mrnn_jax.data.image_files import present_files
+
+        on_bad = dataset_config.get("on_bad_image", "skip")
+        split_data = {}
+        for split, rs in by_split.items():
+            rs = present_files(rs, on_bad, report, split)
+            split_data[split] = SplitData(
+                records=rs, inputs=_image_files(rs, encoder_config, on_bad, report)
+            )
+    report.log(name)
     return Dataset(name=name, splits=split_data, report=report, features=info)
 
 
@@ -201,5 +217,6 @@ __all__ = [
     "eval_batches",
     "load_dataset",
     "load_split",
+    "read_records",
     "train_batch",
 ]

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrnn_jax.encoders.pretrained import ARCHITECTURES, PretrainedEncoder
 from mrnn_jax.encoders.small_cnn import SmallCNN
 
 
@@ -21,7 +22,7 @@ class PrecomputedFeatures(nn.Module):
         return jnp.asarray(features, jnp.float32)
 
 
-ENCODERS = ("features", "small_cnn")
+ENCODERS = ("features", "small_cnn", *ARCHITECTURES)
 
 
 def make_encoder(config: Mapping) -> nn.Module:
@@ -32,8 +33,21 @@ def make_encoder(config: Mapping) -> nn.Module:
     fields.pop("resize", None)
     if name == "features":
         return PrecomputedFeatures()
+    if name in ARCHITECTURES:
+        return PretrainedEncoder(
+            architecture=name,
+            feature=fields.get("feature", ""),
+            channels=fields.get("pixel_order") or "RGB",
+            scale=float(fields.get("pixel_scale") or 255.0),
+            mean=tuple(fields.get("pixel_mean") or (0.485, 0.456, 0.406)),
+            std=tuple(fields.get("pixel_std") or (0.229, 0.224, 0.225)),
+            frozen=not fields.get("fine_tune_from", ""),
+        )
     if name == "small_cnn":
-        return SmallCNN(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        own = {"channels", "features_dim"}
+        return SmallCNN(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in own}
+        )
     raise ValueError(f"unknown encoder {name!r}; choose from {ENCODERS}")
 
 

@@ -1,0 +1,171 @@
+"""Pretrained encoders in the m-RNN: the converted-weights file format, which layers train,
+and the training loop with a frozen or fine-tuned ResNet-50 on images from disk."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mrnn_jax import checkpoint, configs, train
+from mrnn_jax.encoders import make_encoder
+from mrnn_jax.encoders.pretrained import architecture, load_pretrained, trainable_labels
+from mrnn_jax.encoders.weights import (
+    CAFFE,
+    TORCHVISION,
+    Preprocessing,
+    load_encoder_weights,
+    save_encoder_weights,
+)
+from mrnn_jax.errors import MrnnError
+from tests import dataset_fixtures as fx
+
+
+def random_weights(path: str, arch: str = "resnet50", seed: int = 0) -> dict:
+    """A converted-weights file of random parameters (what convert_weights.py writes)."""
+    spec = architecture(arch)
+    variables = spec.module().init(jax.random.PRNGKey(seed), jnp.zeros((1, 64, 64, 3)))
+    params = jax.tree.map(np.asarray, variables["params"])
+    source = {"path": "/downloads/x.pth", "file_name": "x.pth", "sha256": "ab" * 32}
+    save_encoder_weights(path, arch, {"params": params}, source, TORCHVISION)
+    return params
+
+
+@pytest.fixture(scope="module")
+def resnet_weights(tmp_path_factory) -> tuple[str, dict]:
+    """Random ResNet-50 weights in the converted format."""
+    path = str(tmp_path_factory.mktemp("weights") / "resnet50.msgpack")
+    return path, random_weights(path)
+
+
+def test_weights_file_round_trip_and_bad_files(resnet_weights, tmp_path):
+    path, params = resnet_weights
+    variables, meta = load_encoder_weights(path, "resnet50")
+    assert meta["architecture"] == "resnet50" and meta["source"]["file_name"] == "x.pth"
+    assert Preprocessing.from_json(meta["preprocessing"]) == TORCHVISION
+    np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"], params["conv1"]["kernel"])
+    with pytest.raises(MrnnError, match="holds 'resnet50' weights, expected 'vgg16'"):
+        load_encoder_weights(path, "vgg16")
+    truncated = tmp_path / "cut.msgpack"
+    with open(path, "rb") as f:
+        truncated.write_bytes(f.read()[: os.path.getsize(path) // 2])
+    with pytest.raises(MrnnError, match="cut.msgpack: not a readable converted weights file"):
+        load_encoder_weights(str(truncated))
+    (tmp_path / "other.msgpack").write_bytes(b"\x81\xa1a\x01")  # a valid msgpack {"a": 1}
+    with pytest.raises(MrnnError, match="not a converted encoder weights file"):
+        load_encoder_weights(str(tmp_path / "other.msgpack"))
+    with pytest.raises(MrnnError, match="no such encoder weights file"):
+        load_encoder_weights(str(tmp_path / "absent.msgpack"))
+
+
+def test_preprocessing_matches_the_sources_conventions():
+    pixels = np.array([[[[255, 128, 0]]]], np.uint8)
+    torch_style = TORCHVISION.normalise(pixels)[0, 0, 0]
+    expected = (np.array([1.0, 128 / 255, 0.0]) - np.array(TORCHVISION.mean)) / np.array(
+        TORCHVISION.std
+    )
+    np.testing.assert_allclose(torch_style, expected, rtol=1e-6)
+    caffe = CAFFE.normalise(pixels)[0, 0, 0]  # BGR minus the BGR mean, no scaling
+    np.testing.assert_allclose(caffe, [0 - 103.939, 128 - 116.779, 255 - 123.68], rtol=1e-6)
+
+
+def _labels(config_overrides: dict) -> dict:
+    spec = architecture("resnet50")
+    backbone = jax.eval_shape(spec.module().init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    params = {"image_encoder": {"backbone": backbone["params"]}, "softmax": {"kernel": 0}}
+    return trainable_labels(params, {"name": "resnet50", **config_overrides})
+
+
+def test_frozen_encoder_trains_only_the_mrnn():
+    labels = _labels({})
+    assert labels["softmax"]["kernel"] == "mrnn"
+    leaves = jax.tree.leaves(labels["image_encoder"])
+    assert leaves and set(leaves) == {"frozen"}
+
+
+def test_fine_tuning_from_a_layer_trains_it_and_later_ones_but_never_bn_statistics():
+    labels = _labels({"fine_tune_from": "layer4"})["image_encoder"]["backbone"]
+    assert set(jax.tree.leaves(labels["layer3_5"])) == {"frozen"}
+    block = labels["layer4_2"]
+    assert block["conv1"]["kernel"] == "encoder" and block["bn1"]["scale"] == "encoder"
+    assert block["bn1"]["mean"] == "frozen" and block["bn1"]["var"] == "frozen"
+    assert set(jax.tree.leaves(labels["fc"])) == {"frozen"}  # after the pooled feature
+    with pytest.raises(MrnnError, match="not a layer of resnet50"):
+        _labels({"fine_tune_from": "layer9"})
+
+
+def test_load_pretrained_fills_the_preprocessing_from_the_file(resnet_weights):
+    config = configs.load_config("default", ["encoder.name=resnet50"])
+    config.encoder.weights = resnet_weights[0]
+    params, meta = load_pretrained(config.encoder)
+    assert config.encoder.image_size == 224 and config.encoder.crop_fraction == 224 / 256
+    assert config.encoder.pixel_order == "RGB" and config.encoder.features_dim == 2048
+    assert tuple(config.encoder.pixel_mean) == TORCHVISION.mean
+    assert "conv1" in params and meta["architecture"] == "resnet50"
+    encoder = make_encoder(config.encoder)
+    assert encoder.frozen and encoder.feature_name == "pooled"
+    config.encoder.weights = ""
+    with pytest.raises(MrnnError, match="needs encoder.weights=FILE"):
+        load_pretrained(config.encoder)
+
+
+def _train(tmp_path, weights: str, *extra: str) -> tuple[str, dict]:
+    data_dir = str(tmp_path / "photos")
+    if not os.path.isdir(data_dir):
+        fx.write_folder(data_dir, per_split=4)
+    workdir = str(tmp_path / f"run{len(os.listdir(tmp_path))}")
+    config = configs.load_config(
+        "folder",
+        [
+            f"dataset.data_dir={data_dir}",
+            "dataset.min_count=1",
+            "encoder.name=resnet50",
+            f"encoder.weights={weights}",
+            "encoder.image_size=64",  # ResNet-50 pools globally: small images keep it fast
+            "model.embed_dim=8",
+            "model.word_dim=8",
+            "model.multimodal_dim=16",
+            "train.batch_size=4",
+            "train.num_steps=2",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+            "train.warmup_steps=1",
+            "train.learning_rate=0.01",
+            "eval.batch_size=4",
+            *extra,
+        ],
+    )
+    results = train.train_and_evaluate(config, workdir, progress=False)
+    directory, step = checkpoint.find_checkpoint(workdir, "latest")
+    manager = ocp.CheckpointManager(directory)
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    manager.close()
+    return workdir, {"results": results, "params": restored["params"]}
+
+
+@pytest.mark.slow
+def test_training_with_a_frozen_then_fine_tuned_resnet50(resnet_weights, tmp_path):
+    path, original = resnet_weights
+    _, frozen = _train(tmp_path, path)
+    backbone = frozen["params"]["image_encoder"]["backbone"]
+    # A frozen CNN is exactly the converted weights after training.
+    np.testing.assert_array_equal(backbone["conv1"]["kernel"], original["conv1"]["kernel"])
+    np.testing.assert_array_equal(
+        backbone["layer4_2"]["conv1"]["kernel"], original["layer4_2"]["conv1"]["kernel"]
+    )
+    assert np.isfinite(frozen["results"]["splits"]["test"]["perplexity"])
+
+    _, tuned = _train(tmp_path, path, "encoder.fine_tune_from=layer4", "encoder.learning_rate=0.01")
+    backbone = tuned["params"]["image_encoder"]["backbone"]
+    before, after = original["layer4_2"]["conv1"]["kernel"], backbone["layer4_2"]["conv1"]["kernel"]
+    assert np.abs(after - before).max() > 0  # layer 4 trained
+    np.testing.assert_array_equal(
+        backbone["layer3_5"]["conv1"]["kernel"], original["layer3_5"]["conv1"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        backbone["layer4_2"]["bn1"]["mean"], original["layer4_2"]["bn1"]["mean"]
+    )
