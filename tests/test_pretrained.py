@@ -169,3 +169,42 @@ def test_training_with_a_frozen_then_fine_tuned_resnet50(resnet_weights, tmp_pat
     np.testing.assert_array_equal(
         backbone["layer4_2"]["bn1"]["mean"], original["layer4_2"]["bn1"]["mean"]
     )
+
+
+def _spoil_images(data_dir: str) -> None:
+    """Real-file mess in a folder dataset: a truncated JPEG (train), a zero-byte file (val),
+    a grey-scale, an EXIF-rotated, a tiny and a huge image (test)."""
+    from PIL import Image
+
+    truncated = os.path.join(data_dir, "images/photo_000.jpg")
+    with open(truncated, "rb") as f:
+        data = f.read()
+    with open(truncated, "wb") as f:
+        f.write(data[: len(data) // 3])
+    open(os.path.join(data_dir, "images/photo_004.jpg"), "wb").close()
+    Image.new("L", (50, 40), 90).save(os.path.join(data_dir, "images/photo_008.jpg"))
+    rotated = Image.new("RGB", (60, 30), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(os.path.join(data_dir, "images/photo_009.jpg"), exif=exif.tobytes())
+    Image.new("RGB", (1, 1), (0, 0, 255)).save(os.path.join(data_dir, "images/photo_010.jpg"))
+    Image.new("RGB", (4000, 3000), (0, 255, 0)).save(os.path.join(data_dir, "images/photo_011.jpg"))
+
+
+@pytest.mark.slow
+def test_bad_images_inside_a_dataset_are_counted_not_fatal(resnet_weights, tmp_path):
+    fx.write_folder(str(tmp_path / "photos"), per_split=4)
+    _spoil_images(str(tmp_path / "photos"))
+    _, run = _train(tmp_path, resnet_weights[0])
+    skipped = run["results"]["data"]["skipped"]
+    assert skipped["images missing or empty on disk (skipped)"]["count"] == 1
+    assert skipped["images missing or empty on disk (skipped)"]["examples"][0].endswith(
+        "photo_004.jpg"
+    )
+    broken = skipped["images that could not be decoded (grey used)"]
+    assert broken["count"] == 1 and broken["examples"][0].endswith("photo_000.jpg")
+    assert run["results"]["data"]["splits"]["val"]["images"] == 3
+    assert run["results"]["splits"]["test"]["num_images"] == 4  # grey, rotated, tiny, huge
+
+    with pytest.raises(MrnnError, match=r"photo_004.jpg \(dataset.on_bad_image=skip drops"):
+        _train(tmp_path, resnet_weights[0], "dataset.on_bad_image=error")
