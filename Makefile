@@ -17,7 +17,7 @@ WEIGHTS ?=
 DATA_FLAGS := $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FEATURES),--features $(FEATURES)) \
 	$(if $(WEIGHTS),encoder.name=$(ENCODER) encoder.weights=$(WEIGHTS))
 
-.PHONY: install test lint format train features clean help
+.PHONY: install test lint format train features bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ train:  ## train on DATASET (shapes, flickr8k, flickr30k, coco, iapr, folder) fr
 
 features:  ## extract-features: ENCODER=vgg16|resnet50|alexnet WEIGHTS=file DATASET= DATA_DIR= OUT=
 	$(BIN)/mrnn extract-features --encoder $(ENCODER) --weights $(WEIGHTS) --dataset $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) $(ARGS)
+
+bench:  ## the benchmark suite: results/benchmark.json and .md (about 10 minutes on 2 CPU cores)
+	$(BIN)/python experiments/benchmark.py --json results/benchmark.json --markdown results/benchmark.md $(ARGS)
 
 clean:  ## remove build artefacts (not runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

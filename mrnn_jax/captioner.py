@@ -44,7 +44,12 @@ class Captioner:
     def load_images(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
         """Image files as the model's encoder expects them: uint8 ``[N, S, S, 3]``."""
         encoder = self.config.encoder
-        return load_images(paths, int(encoder.image_size), encoder.get("resize", "center_crop"))
+        return load_images(
+            paths,
+            int(encoder.image_size),
+            encoder.get("resize", "center_crop"),
+            float(encoder.get("crop_fraction") or 1.0),
+        )
 
     def options(self, **overrides) -> decode.DecodeOptions:
         """Decoding options: greedy with the run's caption length, changed by ``overrides``."""
@@ -103,15 +108,21 @@ class Captioner:
         return -np.asarray((metrics.token_nll(logits, targets) * mask).sum(-1))
 
 
-def load(path: str | os.PathLike, which: str = "best") -> Captioner:
+def load(
+    path: str | os.PathLike, which: str = "best", compute_dtype: str | None = None
+) -> Captioner:
     """Restores a :class:`Captioner` from a directory written by ``mrnn train``.
 
     ``path`` is the run's work directory (``which`` = "best", the default, or "latest"), or
     one checkpoint step's directory. Needs nothing but this package: the config and the
-    vocabulary are read from the checkpoint itself.
+    vocabulary are read from the checkpoint itself. ``compute_dtype`` ("float32" or
+    "bfloat16") overrides the precision the model was trained with.
     """
     directory, step = checkpoint.find_checkpoint(os.fspath(path), which)
     config = configs.from_json(checkpoint.read_json_item(directory, step, "config"))
+    if compute_dtype is not None:
+        configs.apply_overrides(config, [f"model.compute_dtype={compute_dtype}"])
+        configs.validate(config)
     vocab = Vocabulary.from_json(checkpoint.read_json_item(directory, step, "vocab"))
     model = make_model(config.model, config.encoder, len(vocab))
     image_shape = (

@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=None, help="images per batch")
     _add_decoding_arguments(evaluate)
     _add_data_arguments(evaluate)
+    evaluate.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="precision of the matrix products (default: the one it was trained with)",
+    )
     evaluate.add_argument("--json", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -217,7 +223,11 @@ def _load_for_data(args: argparse.Namespace):
     """The checkpoint of ``args``, its dataset paths replaced by --data-dir / --features."""
     from mrnn_jax import captioner, configs
 
-    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    model = captioner.load(
+        args.checkpoint,
+        "latest" if args.latest else "best",
+        compute_dtype=getattr(args, "compute_dtype", None),
+    )
     configs.apply_overrides(model.config, _data_overrides(args))
     return model
 

@@ -24,6 +24,7 @@ Call any of them with ``model.apply(params, ..., method=MRNN.<name>)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -57,6 +58,28 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         ) from None
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def dense_layer(compute_dtype: str) -> Callable[..., nn.Dense]:
+    """``nn.Dense`` computing in ``compute_dtype`` with float32 parameters and outputs.
+
+    For ``bfloat16``, inputs and kernel are rounded to bfloat16 and the product accumulates
+    in float32 (``preferred_element_type``), as mixed-precision training does on GPUs/TPUs.
+    """
+    if compute_dtype == "float32":
+        return nn.Dense
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={compute_dtype!r}: choose from {COMPUTE_DTYPES}")
+    dtype = jnp.dtype(compute_dtype)
+
+    def dot_general(lhs, rhs, *args, **kwargs):
+        kwargs["preferred_element_type"] = jnp.float32
+        return jax.lax.dot_general(lhs.astype(dtype), rhs.astype(dtype), *args, **kwargs)
+
+    return functools.partial(nn.Dense, dot_general=dot_general)
+
+
 class MRNN(nn.Module):
     """The multimodal recurrent neural network.
 
@@ -74,6 +97,9 @@ class MRNN(nn.Module):
       image_encoder: the module that turns the image input into the feature vector I (a
         CNN on pixels, or :class:`~mrnn_jax.encoders.PrecomputedFeatures` when the inputs
         are feature vectors already); see :func:`mrnn_jax.encoders.make_encoder`.
+      compute_dtype: ``float32``, or ``bfloat16`` for the dense layers' matrix products
+        (mixed precision): inputs and weights are rounded to bfloat16, products accumulate
+        and come out in float32; parameters, the recurrence and the loss stay float32.
     """
 
     vocab_size: int
@@ -86,23 +112,23 @@ class MRNN(nn.Module):
     dropout_rate: float = 0.0
     zero_image: bool = False
     image_encoder: nn.Module = dataclasses.field(default_factory=PrecomputedFeatures)
+    compute_dtype: str = "float32"
 
     def setup(self) -> None:
         self.embedding = nn.Embed(
             self.vocab_size, self.embed_dim, embedding_init=nn.initializers.normal(0.1)
         )
-        self.word_dense = nn.Dense(self.word_dim, name="word_dense")
+        dense = dense_layer(self.compute_dtype)
+        self.word_dense = dense(self.word_dim, name="word_dense")
         self.recurrent_kernel = self.param(
             "recurrent_kernel", nn.initializers.orthogonal(), (self.word_dim, self.word_dim)
         )
-        self.multimodal_word = nn.Dense(self.multimodal_dim, name="multimodal_word")
-        self.multimodal_recurrent = nn.Dense(
+        self.multimodal_word = dense(self.multimodal_dim, name="multimodal_word")
+        self.multimodal_recurrent = dense(
             self.multimodal_dim, use_bias=False, name="multimodal_recurrent"
         )
-        self.multimodal_image = nn.Dense(
-            self.multimodal_dim, use_bias=False, name="multimodal_image"
-        )
-        self.softmax = nn.Dense(self.vocab_size, name="softmax")
+        self.multimodal_image = dense(self.multimodal_dim, use_bias=False, name="multimodal_image")
+        self.softmax = dense(self.vocab_size, name="softmax")
         self.dropout = nn.Dropout(self.dropout_rate)
 
     # --- the image-free part -------------------------------------------------------------

@@ -46,8 +46,13 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ConfigDict:
 def validate(config: ConfigDict) -> None:
     """Raises :class:`MrnnError` for values no run could use (unknown names, bad sizes)."""
     from mrnn_jax.encoders import ENCODERS
-    from mrnn_jax.model import ACTIVATIONS
+    from mrnn_jax.model import ACTIVATIONS, COMPUTE_DTYPES
 
+    if config.model.get("compute_dtype", "float32") not in COMPUTE_DTYPES:
+        raise MrnnError(
+            f"model.compute_dtype={config.model.compute_dtype!r}: choose from "
+            f"{', '.join(COMPUTE_DTYPES)}"
+        )
     for key in ("word_activation", "recurrent_activation", "multimodal_activation"):
         if config.model[key] not in ACTIVATIONS:
             raise MrnnError(

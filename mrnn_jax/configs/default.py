@@ -61,6 +61,10 @@ def get_config() -> ConfigDict:
     c.model.dropout_rate = 0.5
     # True zeroes the image input: the image-blind language-model baseline.
     c.model.zero_image = False
+    # "bfloat16": the dense layers' matrix products (the softmax layer above all) in
+    # bfloat16, accumulated in float32; parameters, optimiser state, the recurrence and the
+    # loss stay float32 (mixed precision: for GPUs and TPUs).
+    c.model.compute_dtype = "float32"
 
     c.encoder = ConfigDict()
     # "features": precomputed vectors (VGG-16 fc7 is 4096-d); "small_cnn": trained jointly;

@@ -1,0 +1,336 @@
+"""The benchmark suite (make bench): how fast each part runs, as a share of the machine's peak.
+
+For training (tokens/s), greedy and beam decoding (captions/s), retrieval scoring (pairs/s)
+and the encoders (images/s): the median of --runs timed runs, the FLOP rate counted over the
+model's matrix products only (dot products and convolutions found in the jitted program,
+scan bodies times their length; embedding lookups are gathers, not FLOPs), and its ratio to
+the machine's matrix-multiply peak measured in the same run (a jitted float32 2048x2048
+product; bfloat16 too on a GPU). Paper-sized m-RNN (embedding 128, recurrent 256,
+multimodal 512), a 10,000-word vocabulary, 4096-d image features, random weights.
+
+    python experiments/benchmark.py [--quick] [--json results/benchmark.json]
+        [--markdown results/benchmark.md] [--dtype bfloat16] [--only train decode ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from mrnn_jax import decode, retrieval, sharding
+from mrnn_jax.encoders.pretrained import ARCHITECTURES, PretrainedEncoder
+from mrnn_jax.files import write_json_atomic, write_text_atomic
+from mrnn_jax.model import MRNN, make_model
+from mrnn_jax.train import init_state, jit_train_step, make_optimizer, make_train_step
+from mrnn_jax.vocab import END_ID, START_ID, UNK_ID
+
+PARTS = ("train", "decode", "retrieval", "encoders")
+
+
+# --- counting and timing -----------------------------------------------------------------
+
+
+def matmul_flops(jaxpr) -> float:
+    """FLOPs (2 per multiply-add) of the dot products and convolutions of a jaxpr, with
+    sub-programs (jit, scan bodies times their length, custom derivatives) included."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += (
+                2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+            )
+        elif name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+            per_output = rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
+            total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
+        times = eqn.params.get("length", 1) if name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += times * matmul_flops(inner)
+    return total
+
+
+def flops_of(fn: Callable, *args) -> float:
+    """Matrix-product FLOPs of one call of ``fn(*args)``."""
+    return matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def median_seconds(fn: Callable[[], object], runs: int) -> float:
+    """Median wall time of ``fn()`` over ``runs`` runs, after one warm-up (the compile)."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype, runs: int, size: int = 2048) -> float:
+    """FLOP/s of a jitted ``size x size`` matrix product in ``dtype``."""
+    keys = jax.random.split(jax.random.PRNGKey(1))
+    a = jax.random.normal(keys[0], (size, size), dtype)
+    b = jax.random.normal(keys[1], (size, size), dtype)
+    product = jax.jit(jnp.matmul)
+    return 2.0 * size**3 / median_seconds(lambda: product(a, b), runs)
+
+
+# --- the parts -----------------------------------------------------------------------------
+
+
+def paper_model(vocab_size: int, feature_dim: int, dtype: str) -> tuple[MRNN, dict, Callable]:
+    """The paper-sized m-RNN with random weights, and a maker of random image features."""
+    model = make_model(
+        {"compute_dtype": dtype}, {"name": "features", "features_dim": feature_dim}, vocab_size
+    )
+    features = lambda n: np.random.default_rng(0).standard_normal((n, feature_dim), np.float32)
+    params = model.init(jax.random.PRNGKey(0), features(1), np.zeros((1, 2), np.int32))
+    return model, params, features
+
+
+def sentences(count: int, words: int, vocab_size: int) -> np.ndarray:
+    """Random captions of exactly ``words`` words: ``[count, words + 2]`` with start and end."""
+    tokens = np.empty((count, words + 2), np.int32)
+    tokens[:, 0], tokens[:, -1] = START_ID, END_ID
+    tokens[:, 1:-1] = np.random.default_rng(2).integers(UNK_ID + 1, vocab_size, (count, words))
+    return tokens
+
+
+def bench_train(args) -> list[dict]:
+    """Training steps: tokens per second (every caption has --words words + the end token)."""
+    model, params, features = paper_model(args.vocab_size, args.feature_dim, args.dtype)
+    del params
+    mesh = sharding.make_mesh()
+    config = ConfigDict(
+        {
+            "learning_rate": 1e-3,
+            "warmup_steps": 10,
+            "num_steps": 1000,
+            "final_learning_rate_fraction": 0.05,
+            "grad_clip_norm": 5.0,
+        }
+    )
+    tx = make_optimizer(config)
+    batch = {
+        "image": features(args.batch_size),
+        "tokens": sentences(args.batch_size, args.words, args.vocab_size),
+    }
+    state = init_state(model, tx, 0, batch["image"][:1], batch["tokens"][:1, :-1])
+    step = make_train_step(model, tx, 1e-6)
+    flops = flops_of(step, state, batch)
+    state = sharding.replicate(state, mesh)
+    jitted = jit_train_step(step, mesh)
+    placed = sharding.shard_batch(batch, mesh)
+    holder = [state]
+
+    def run():
+        holder[0], metrics = jitted(holder[0], placed)
+        return metrics["loss"]
+
+    seconds = median_seconds(run, args.runs)
+    tokens = args.batch_size * (args.words + 1)
+    return [
+        row(
+            "train step",
+            f"batch {args.batch_size}, {args.words} words, {args.dtype}",
+            tokens / seconds,
+            "tokens/s",
+            flops / seconds,
+        )
+    ]
+
+
+def bench_decode(args) -> list[dict]:
+    """Greedy and beam decoding: captions per second (all --words + 1 steps counted)."""
+    model, params, features = paper_model(args.vocab_size, args.feature_dim, args.dtype)
+    rows = []
+    images = jnp.asarray(features(args.decode_batch))
+    steps = args.words + 1
+    for name, beams in (("greedy", 1), (f"beam {args.beam}", args.beam)):
+        rows_per_step = args.decode_batch * beams
+        projection = model.apply(params, images[:1], method=MRNN.project_image)
+        step_fn = decode.mrnn_step_fn(model, params, jnp.repeat(projection, rows_per_step, axis=0))
+        carry = model.apply(params, rows_per_step, method=MRNN.initial_carry)
+        per_step = flops_of(step_fn, carry, jnp.zeros((rows_per_step,), jnp.int32))
+        image_flops = flops_of(lambda x: model.apply(params, x, method=MRNN.project_image), images)
+        if beams == 1:
+            fn = lambda: decode.greedy(model, params, images, args.words)
+        else:
+            fn = lambda: decode.beam(model, params, images, args.words, args.beam)
+        seconds = median_seconds(fn, args.runs)
+        rows.append(
+            row(
+                f"{name} decoding",
+                f"batch {args.decode_batch}, {args.words} words",
+                args.decode_batch / seconds,
+                "captions/s",
+                (per_step * steps + image_flops) / seconds,
+            )
+        )
+    return rows
+
+
+def bench_retrieval(args) -> list[dict]:
+    """Scoring log P(S | I) for every (sentence, image) pair: pairs per second."""
+    model, params, features = paper_model(args.vocab_size, args.feature_dim, args.dtype)
+    tokens = sentences(args.retrieval_size, args.words, args.vocab_size)
+    images = features(args.retrieval_size)
+    s_tile, i_tile = 16, 32
+    words_part, targets, mask = retrieval._sentence_part(model, params, tokens[:s_tile])
+    projection = retrieval._image_part(model, params, images[:i_tile])
+    tile = flops_of(
+        lambda *a: retrieval._tile_scores(model, params, *a), words_part, targets, mask, projection
+    )
+    sentence = flops_of(lambda t: retrieval._sentence_part(model, params, t), tokens[:s_tile])
+    image = flops_of(lambda x: retrieval._image_part(model, params, x), images[:i_tile])
+    n = args.retrieval_size
+    total = tile * (n / s_tile) * (n / i_tile) + sentence * n / s_tile + image * n / i_tile
+    seconds = median_seconds(
+        lambda: retrieval.score_matrix(model, params, tokens, images), args.runs
+    )
+    return [
+        row(
+            "retrieval scoring",
+            f"{n} sentences x {n} images, {args.words} words",
+            n * n / seconds,
+            "pairs/s",
+            total / seconds,
+        )
+    ]
+
+
+def bench_encoders(args) -> list[dict]:
+    """The CNN ports on 224x224 images: images per second."""
+    rows = []
+    for name in ARCHITECTURES:
+        encoder = PretrainedEncoder(architecture=name)
+        images = np.random.default_rng(0).integers(
+            0, 256, (args.encoder_batch, 224, 224, 3), dtype=np.uint8
+        )
+        variables = encoder.init(jax.random.PRNGKey(0), images[:1])
+        apply = jax.jit(encoder.apply)
+        flops = flops_of(encoder.apply, variables, images)
+        seconds = median_seconds(lambda f=apply, v=variables, x=images: f(v, x), args.runs)
+        rows.append(
+            row(
+                f"{name} encoder",
+                f"batch {args.encoder_batch}, 224x224",
+                args.encoder_batch / seconds,
+                "images/s",
+                flops / seconds,
+            )
+        )
+    return rows
+
+
+def row(name: str, setting: str, rate: float, unit: str, flop_rate: float) -> dict:
+    """One result line."""
+    return {"name": name, "setting": setting, "rate": rate, "unit": unit, "flops": flop_rate}
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Runs the chosen parts; prints a Markdown table; writes JSON and Markdown on request."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--runs", type=int, default=5, help="timed runs; the median counts")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype of the m-RNN's matrix products",
+    )
+    parser.add_argument("--vocab-size", type=int, default=10_000)
+    parser.add_argument("--feature-dim", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=256, help="training captions")
+    parser.add_argument("--words", type=int, default=20, help="words per caption")
+    parser.add_argument("--decode-batch", type=int, default=64, help="images per decode batch")
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--retrieval-size", type=int, default=128, help="sentences = images")
+    parser.add_argument("--encoder-batch", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 runs: a smoke test")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.batch_size, args.decode_batch = 2, 32, 8
+        args.retrieval_size, args.encoder_batch, args.vocab_size = 32, 1, 1000
+
+    device = jax.devices()[0]
+    peaks = {"float32": matmul_peak(jnp.float32, args.runs)}
+    if device.platform == "gpu" or args.dtype == "bfloat16":
+        peaks["bfloat16"] = matmul_peak(jnp.bfloat16, args.runs)
+    rows = []
+    benches = {
+        "train": bench_train,
+        "decode": bench_decode,
+        "retrieval": bench_retrieval,
+        "encoders": bench_encoders,
+    }
+    for part in args.only:
+        for result in benches[part](args):
+            peak = peaks["bfloat16" if "bfloat16" in result["setting"] else "float32"]
+            result["share_of_peak"] = result["flops"] / peak
+            rows.append(result)
+            print(
+                f"{result['name']}: {result['rate']:,.1f} {result['unit']}, "
+                f"{result['flops'] / 1e9:.1f} GFLOP/s, {100 * result['share_of_peak']:.0f}% "
+                "of peak",
+                flush=True,
+            )
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, {device.platform} "
+        f"({device.device_kind}), {jax.device_count()} device(s)"
+    )
+    lines = [
+        f"Machine: {machine}; {time.strftime('%Y-%m-%d')}; median of {args.runs} runs; "
+        "matrix-multiply peak (jitted 2048x2048): "
+        + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()),
+        "",
+        "| benchmark | setting | speed | GFLOP/s (matrix products) | share of peak |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['name']} | {r['setting']} | {r['rate']:,.1f} {r['unit']} | "
+            f"{r['flops'] / 1e9:.1f} | {100 * r['share_of_peak']:.0f}% |"
+            for r in rows
+        ),
+    ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.json:
+        write_json_atomic(
+            args.json,
+            {
+                "machine": machine,
+                "date": time.strftime("%Y-%m-%d"),
+                "runs": args.runs,
+                "peaks": peaks,
+                "rows": rows,
+            },
+        )
+    if args.markdown:
+        write_text_atomic(args.markdown, table + "\n")
+
+
+if __name__ == "__main__":
+    main()
