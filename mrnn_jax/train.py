@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from mrnn_jax import checkpoint, configs, evaluate, files, metrics, sharding
 from mrnn_jax.data import Dataset, load_dataset
-from mrnn_jax.data.pipeline import CaptionTable, data_state, train_batch
+from mrnn_jax.data.image_files import ImageFiles
+from mrnn_jax.data.pipeline import CaptionTable, batch_indices, data_state, train_batch
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN, make_model
@@ -169,6 +170,27 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
     return jax.jit(
         train_step,
         in_shardings=(replicated, sharding.data_sharding(mesh)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def jit_device_data_step(train_step: Callable, mesh) -> Callable:
+    """``train_step`` fed from a training set held on the devices: ``step(state, data,
+    indices)`` gathers the batch (``data["inputs"][indices["images"]]``, ``data["tokens"]
+    [indices["rows"]]``) on device, so the host only sends the batch's row numbers."""
+    replicated, split = sharding.replicated(mesh), sharding.data_sharding(mesh)
+
+    def device_step(state: TrainState, data: dict, indices: dict) -> tuple[TrainState, dict]:
+        batch = {
+            "image": data["inputs"][indices["images"]],
+            "tokens": data["tokens"][indices["rows"]],
+        }
+        return train_step(state, jax.lax.with_sharding_constraint(batch, split))
+
+    return jax.jit(
+        device_step,
+        in_shardings=(replicated, replicated, split),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
     )
@@ -329,7 +351,21 @@ def _train_and_evaluate(
     # Loop.
     # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
     l2_skip = ("image_encoder",) if pretrained else ()
-    train_step = jit_train_step(make_train_step(model, tx, tc.l2_weight, l2_skip), mesh)
+    pure_step = make_train_step(model, tx, tc.l2_weight, l2_skip)
+    device_data = None
+    if tc.get("device_data", False):
+        if isinstance(train_inputs, ImageFiles):
+            raise MrnnError(
+                "train.device_data=True holds the training set on the devices: it needs "
+                "precomputed features (or an in-memory dataset such as shapes), not image files"
+            )
+        device_data = sharding.replicate(
+            {"inputs": np.asarray(train_inputs), "tokens": train_table.tokens}, mesh
+        )
+        train_step = jit_device_data_step(pure_step, mesh)
+        log.info("training set held on the devices (%d captions)", len(train_table))
+    else:
+        train_step = jit_train_step(pure_step, mesh)
     metrics_log = MetricsLog(workdir)
     step = int(jax.device_get(state.step))
     window: list[dict] = []
@@ -343,10 +379,18 @@ def _train_and_evaluate(
         dynamic_ncols=True,
     )
     while step < tc.num_steps:
-        batch = train_batch(
-            train_table, train_inputs, step, tc.batch_size, tc.seed, tc.captions_per_image
-        )
-        state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh))
+        if device_data is not None:
+            indices = batch_indices(
+                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image
+            )
+            state, step_metrics = train_step(
+                state, device_data, sharding.shard_batch(indices, mesh)
+            )
+        else:
+            batch = train_batch(
+                train_table, train_inputs, step, tc.batch_size, tc.seed, tc.captions_per_image
+            )
+            state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh))
         window.append(step_metrics)
         step += 1
         bar.update(1)

@@ -109,6 +109,10 @@ def get_config() -> ConfigDict:
     # L2 regularisation of the weights (paper: yes; weight: our choice), added to the cost as
     # l2_weight * 0.5 * sum of squared weights (kernels and embeddings, not biases).
     c.train.l2_weight = 1e-6
+    # True holds the training set (token ids and precomputed features; COCO at 4096-d float16
+    # is about 1 GB) in every device's memory and gathers each batch there: the host sends
+    # only row numbers. For GPUs and TPUs; needs features, not image files.
+    c.train.device_data = False
     c.train.log_every = 100
     c.train.eval_every = 2000
     c.train.checkpoint_every = 2000

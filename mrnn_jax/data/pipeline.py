@@ -126,6 +126,23 @@ def train_batch(
     only its own contiguous ``1 / process_count`` of the images of the global batch (and
     reads only their rows of a memory-mapped features file).
     """
+    indices = batch_indices(
+        table, step, batch_size, seed, captions_per_image, process_index, process_count
+    )
+    return {"image": inputs[indices["images"]], "tokens": table.tokens[indices["rows"]]}
+
+
+def batch_indices(
+    table: CaptionTable,
+    step: int,
+    batch_size: int,
+    seed: int,
+    captions_per_image: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
+    """Which rows make :func:`train_batch`: ``images [B/K]`` (input rows) and ``rows [B]``
+    (caption-table rows); for gathering the batch where the data lies (e.g. on device)."""
     per_batch = images_per_batch(batch_size, captions_per_image)
     per_epoch = batches_per_epoch(table, batch_size, captions_per_image)
     if per_epoch == 0:
@@ -140,7 +157,7 @@ def train_batch(
     counts = table.counts[images, None]
     which = (order.first_caption[images, None] + np.arange(captions_per_image)) % counts
     rows = (table.offsets[images, None] + which).reshape(-1)
-    return {"image": inputs[images], "tokens": table.tokens[rows]}
+    return {"images": images.astype(np.int32), "rows": rows.astype(np.int32)}
 
 
 def data_state(
