@@ -30,7 +30,7 @@ install: $(BIN)/python  ## create .venv and install the package with its test to
 	$(BIN)/pip install -e '.[dev]'
 
 test:  ## run the test suite (about 10 minutes on 2 CPU cores)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint:  ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -156,10 +156,14 @@ def read_json_item(directory: str, step: int, item: str) -> dict:
 
 
 def restore_params(directory: str, step: int, abstract_params: Any) -> Any:
-    """The parameters of the checkpoint at ``step``, placed on the default device."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    """The parameters of the checkpoint at ``step``, placed as ``abstract_params``' shardings
+    say (on the default device where they give none)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device
+        ),
+        abstract_params,
     )
     restored = _manager(directory, None, read_only=True).restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         help="use the first N devices of the mesh (default: all)",
     )
     _add_data_arguments(train)
+    _add_distributed_arguments(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
@@ -193,6 +194,31 @@ def add_retrieve_parser(sub) -> argparse.ArgumentParser:
     return retrieve
 
 
+def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "many processes (one per host or GPU; see the README's launch commands)"
+    )
+    group.add_argument(
+        "--coordinator", default=None, metavar="HOST:PORT", help="process 0's address"
+    )
+    group.add_argument("--num-processes", type=int, default=None, help="how many in all")
+    group.add_argument("--process-id", type=int, default=None, help="this one's id, from 0")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="take all three from the cluster (SLURM, Open MPI, Cloud TPU)",
+    )
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    from mrnn_jax import distributed
+
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if any(v is not None for v in given) and any(v is None for v in given):
+        raise MrnnError("--coordinator, --num-processes and --process-id go together")
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.distributed)
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "data (default: the config's, or for a checkpoint the paths it was trained with)"
@@ -278,10 +304,15 @@ def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptio
 def _train(args: argparse.Namespace) -> int:
     from mrnn_jax import configs, train
 
+    _start_distributed(args)
     config = configs.load_config(args.config, [*_data_overrides(args), *args.overrides])
     results = train.train_and_evaluate(
         config, args.workdir, num_devices=args.devices, progress=not args.no_progress
     )
+    from mrnn_jax.distributed import is_primary
+
+    if not is_primary():
+        return 0
     print(
         f"best checkpoint: step {results['best_step']}, "
         f"validation perplexity {results['best_val_perplexity']:.3f}"

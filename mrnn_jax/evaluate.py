@@ -57,7 +57,7 @@ def split_perplexity(
     totals = []
     for batch in eval_batches(table, inputs, batch_size):
         totals.append(eval_step(params, sharding.shard_batch(batch, mesh)))
-    totals = jax.device_get(totals)
+    totals = sharding.to_host(totals)
     nll_sum = float(sum(t["nll_sum"] for t in totals))
     num_tokens = float(sum(t["num_tokens"] for t in totals))
     return {
@@ -89,7 +89,7 @@ def generate_captions(
         tokens, log_prob = decode.generate(
             model, variables, sharding.shard_batch(batch, mesh), options, index * batch_size
         )
-        tokens, log_prob = jax.device_get((tokens, log_prob))
+        tokens, log_prob = sharding.to_host((tokens, log_prob))
         for row_tokens, row_log_prob in zip(tokens[:count], log_prob[:count], strict=True):
             results.append(
                 [

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from mrnn_jax import metrics
+from mrnn_jax import metrics, sharding
 from mrnn_jax.model import MRNN
 
 
@@ -60,18 +61,28 @@ def score_matrix(
     sentence_tile: int = 16,
     image_tile: int = 32,
     progress: bool = False,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
     """log P(S | I) in nats for every encoded sentence ``tokens [S, T+1]`` and image input.
 
     Returns ``[S, I]`` float32, equal to the sum of the per-word log-probabilities that the
     training loss uses (end token included). Peak memory grows with ``sentence_tile x
-    image_tile x T x vocabulary``, not with S or I.
+    image_tile x T x vocabulary``, not with S or I. With a ``mesh``, each tile's images are
+    split over its devices (``image_tile`` is rounded up to a multiple of their number).
     """
     num_sentences, num_images = len(tokens), len(image_inputs)
+    split = replicate = lambda x: x  # noqa: E731 (one device: arrays stay where they are)
+    if mesh is not None:
+        image_tile = -(-image_tile // mesh.size) * mesh.size
+        split = lambda x: sharding.shard_batch({"x": x}, mesh)["x"]  # noqa: E731
+        replicate = lambda x: sharding.replicate(x, mesh)  # noqa: E731
+        params = replicate(params)
     projections = np.concatenate(
         [
-            np.asarray(
-                _image_part(model, params, _pad(image_inputs[i : i + image_tile], image_tile))
+            sharding.to_host(
+                _image_part(
+                    model, params, split(_pad(image_inputs[i : i + image_tile], image_tile))
+                )
             )[: min(image_tile, num_images - i)]
             for i in range(0, num_images, image_tile)
         ]
@@ -86,7 +97,7 @@ def score_matrix(
     for s in range(0, num_sentences, sentence_tile):
         count = min(sentence_tile, num_sentences - s)
         words_part, targets, mask = _sentence_part(
-            model, params, _pad(tokens[s : s + count], sentence_tile)
+            model, params, replicate(_pad(tokens[s : s + count], sentence_tile))
         )
         for i in range(0, num_images, image_tile):
             width = min(image_tile, num_images - i)
@@ -96,9 +107,9 @@ def score_matrix(
                 words_part,
                 targets,
                 mask,
-                _pad(projections[i : i + width], image_tile),
+                split(_pad(projections[i : i + width], image_tile)),
             )
-            scores[s : s + count, i : i + width] = np.asarray(tile)[:count, :width]
+            scores[s : s + count, i : i + width] = sharding.to_host(tile)[:count, :width]
             bar.update(1)
     bar.close()
     return scores
@@ -206,6 +217,7 @@ def evaluate_retrieval(
     sentence_tile: int = 16,
     image_tile: int = 32,
     progress: bool = False,
+    mesh: Mesh | None = None,
 ) -> tuple[dict[str, dict[str, float]], np.ndarray, np.ndarray | None]:
     """Retrieval metrics of a split, its score matrix ``[S, I]`` and log P(S) when estimated
     over ``prior_inputs`` (e.g. a sample of training images; else None: the split's images).
@@ -220,6 +232,7 @@ def evaluate_retrieval(
         sentence_tile=sentence_tile,
         image_tile=image_tile,
         progress=progress,
+        mesh=mesh,
     )
     log_prior = None
     if prior_inputs is not None:
@@ -231,6 +244,7 @@ def evaluate_retrieval(
             sentence_tile=sentence_tile,
             image_tile=image_tile,
             progress=progress,
+            mesh=mesh,
         )
         log_prior = log_sentence_prior(prior_scores)
     if fold_size is None:

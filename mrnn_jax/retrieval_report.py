@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from mrnn_jax import report, retrieval
+from mrnn_jax import report, retrieval, sharding
 from mrnn_jax.captioner import Captioner
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable
@@ -52,6 +52,7 @@ def run(model: Captioner, args: argparse.Namespace) -> dict:
         sentence_tile=args.sentence_tile,
         image_tile=args.image_tile,
         progress=not args.no_progress,
+        mesh=sharding.make_mesh(),
     )
     name = f"m-RNN ({os.path.basename(os.path.abspath(args.checkpoint))})"
     markdown = retrieval.markdown_table(name, results)

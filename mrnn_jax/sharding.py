@@ -18,11 +18,14 @@ DATA_AXIS = "data"
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (all of them by default)."""
-    devices = jax.devices()
+    """A 1-D mesh over the first ``num_devices`` devices (all of them, of every process, by
+    default), ordered by process so that each process's devices hold consecutive rows."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     count = len(devices) if num_devices is None else num_devices
     if not 1 <= count <= len(devices):
         raise MrnnError(f"asked for {count} devices; this process sees {len(devices)}")
+    if count != len(devices) and jax.process_count() > 1:
+        raise MrnnError("--devices cannot be used with several processes: all devices take part")
     return jax.make_mesh(
         (count,),
         (DATA_AXIS,),
@@ -50,11 +53,59 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size"
         )
 
 
+def local_rows(rows: int, mesh: Mesh) -> slice:
+    """The rows of a global batch of ``rows`` that this process's devices hold."""
+    mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
+    per_device = rows // mesh.size
+    return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
+
+
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Places a host batch on the mesh, split along its leading axis."""
-    return jax.device_put(batch, data_sharding(mesh))
+    """Places a global host batch (the same on every process) on the mesh, split along its
+    leading axis; each process transfers only the rows its devices hold."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, data_sharding(mesh))
+    sharding = data_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(
+            sharding, np.asarray(x)[local_rows(len(x), mesh)], np.shape(x)
+        ),
+        batch,
+    )
+
+
+def shard_local_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Places this process's part of a global batch (its consecutive share of the rows, as
+    :func:`mrnn_jax.data.pipeline.train_batch` gives it) on the mesh."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, data_sharding(mesh))
+    sharding = data_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree (parameters, optimiser state) on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    if jax.process_count() == 1:
+        return jax.device_put(tree, replicated(mesh))
+    sharding = replicated(mesh)
+
+    def place(x):
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of (possibly sharded or replicated, many-process) arrays, whole."""
+
+    def fetch(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(fetch, tree)

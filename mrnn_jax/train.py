@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from mrnn_jax import checkpoint, configs, evaluate, files, metrics, sharding
+from mrnn_jax import checkpoint, configs, distributed, evaluate, files, metrics, sharding
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
 from mrnn_jax.data.pipeline import CaptionTable, batch_indices, data_state, train_batch
@@ -218,13 +218,17 @@ def build_vocab(train_records, min_count: int) -> Vocabulary:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (easy to plot with pandas)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (easy to plot with pandas);
+    writes nothing when not ``enabled`` (every process but the first)."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, enabled: bool = True):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = enabled
 
     def write(self, step: int, split: str, values: dict) -> None:
         """Records ``values`` for ``split`` at ``step``."""
+        if not self.enabled:
+            return
         row = {"step": int(step), "split": split, "time": time.time()}
         row.update({k: float(v) for k, v in values.items()})
         with open(self.path, "a", encoding="utf-8") as f:
@@ -300,7 +304,9 @@ def _train_and_evaluate(
     config_json = configs.to_json(config)
     if latest is not None:
         check_resume(workdir, ckpts.read_item(latest, "config"), config_json)
-    files.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
+    primary = distributed.is_primary()  # the one process that writes logs and results
+    if primary:
+        files.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
 
     # Input.
     splits = dataset.splits
@@ -308,7 +314,8 @@ def _train_and_evaluate(
         vocab = Vocabulary.from_json(ckpts.read_item(latest, "vocab"))
     else:
         vocab = build_vocab(splits["train"].records, config.dataset.min_count)
-    vocab.save(os.path.join(workdir, "vocab.json"))
+    if primary:
+        vocab.save(os.path.join(workdir, "vocab.json"))
     max_words = config.dataset.max_words
     train_table = CaptionTable.build(splits["train"].records, vocab, max_words)
     val_table = CaptionTable.build_uncut(splits["val"].records, vocab, max_words)
@@ -366,14 +373,14 @@ def _train_and_evaluate(
         log.info("training set held on the devices (%d captions)", len(train_table))
     else:
         train_step = jit_train_step(pure_step, mesh)
-    metrics_log = MetricsLog(workdir)
-    step = int(jax.device_get(state.step))
+    metrics_log = MetricsLog(workdir, enabled=primary)
+    step = int(sharding.to_host(state.step))
     window: list[dict] = []
     window_start = time.time()
     bar = tqdm(
         total=tc.num_steps,
         initial=step,
-        disable=not progress,
+        disable=not progress or not primary,
         desc="train",
         unit="step",
         dynamic_ncols=True,
@@ -388,15 +395,22 @@ def _train_and_evaluate(
             )
         else:
             batch = train_batch(
-                train_table, train_inputs, step, tc.batch_size, tc.seed, tc.captions_per_image
+                train_table,
+                train_inputs,
+                step,
+                tc.batch_size,
+                tc.seed,
+                tc.captions_per_image,
+                process_index=jax.process_index(),  # each process reads only its own part
+                process_count=jax.process_count(),
             )
-            state, step_metrics = train_step(state, sharding.shard_batch(batch, mesh))
+            state, step_metrics = train_step(state, sharding.shard_local_batch(batch, mesh))
         window.append(step_metrics)
         step += 1
         bar.update(1)
         last = step == tc.num_steps
         if step % tc.log_every == 0 or last:
-            summary = _summarise(jax.device_get(window), time.time() - window_start)
+            summary = _summarise(sharding.to_host(window), time.time() - window_start)
             summary["learning_rate"] = float(schedule(step))
             metrics_log.write(step, "train", summary)
             bar.set_postfix(
@@ -412,7 +426,8 @@ def _train_and_evaluate(
                 model, state.params, val_table, splits["val"].inputs, config.eval.batch_size, mesh
             )
             metrics_log.write(step, "val", val)
-            bar.write(f"step {step}: validation perplexity {val['perplexity']:.3f}")
+            if primary:
+                bar.write(f"step {step}: validation perplexity {val['perplexity']:.3f}")
             if not math.isfinite(val["perplexity"]):
                 log.warning("step %d: validation perplexity is not finite", step)
             elif val["perplexity"] < best_val:
@@ -434,8 +449,7 @@ def _train_and_evaluate(
     best_dir, best_step = checkpoint.find_checkpoint(workdir, "best")
     if not best_dir.endswith(checkpoint.BEST_DIR):
         log.warning("no finite validation perplexity: evaluating the latest checkpoint")
-    params = checkpoint.restore_params(best_dir, best_step, state.params)
-    params = sharding.replicate(params, mesh)
+    params = checkpoint.restore_params(best_dir, best_step, _abstract(state.params))
     results = {
         "best_step": best_step,
         "best_val_perplexity": best_val,
@@ -460,8 +474,14 @@ def _train_and_evaluate(
         ]
         metrics_log.write(best_step, split, values)
     results["wall_time_seconds"] = time.time() - started
-    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    if primary:
+        files.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def _abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a pytree of arrays (a restore target)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def _summarise(window: list[dict], seconds: float) -> dict:

@@ -123,23 +123,26 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
 
 MESH_SCRIPT = """
 import jax, numpy as np
-from mrnn_jax import configs, sharding
+from mrnn_jax import configs, decode, evaluate, retrieval, sharding
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable, train_batch
 from mrnn_jax.model import make_model
 from mrnn_jax.train import init_state, jit_train_step, make_optimizer, make_train_step
 from mrnn_jax.vocab import Vocabulary
 
-assert jax.device_count() == 2, jax.devices()
-config = configs.load_config("tiny", ["model.dropout_rate=0.0"])
+assert jax.device_count() == 8, jax.devices()
+config = configs.load_config("tiny", ["model.dropout_rate=0.0", "train.batch_size=40"])
 splits = load_dataset(config.dataset, config.encoder).splits
 vocab = Vocabulary.build([t for r in splits["train"].records for t in r.tokens], min_count=1)
 table = CaptionTable.build(splits["train"].records, vocab, config.dataset.max_words)
 model = make_model(config.model, config.encoder, len(vocab))
 tx = make_optimizer(config.train)
 inputs = splits["train"].inputs
-final = []
-for devices in (1, 2):
+test = splits["test"]
+test_table = CaptionTable.build_uncut(test.records, vocab, 20)
+beam = decode.DecodeOptions(strategy="beam", beam_size=3, num_return=2, max_words=12)
+final, captions, scores = [], [], []
+for devices in (1, 2, 8):
     mesh = sharding.make_mesh(devices)
     state = init_state(model, tx, 0, inputs[:1], table.tokens[:1, :-1])
     state = sharding.replicate(state, mesh)
@@ -149,19 +152,35 @@ for devices in (1, 2):
             table, inputs, i, config.train.batch_size, 0, config.train.captions_per_image
         )
         state, metrics = step(state, sharding.shard_batch(batch, mesh))
-    leaves = jax.tree.leaves(jax.device_get(state.params))
-    final.append(leaves)
+    final.append(jax.tree.leaves(jax.device_get(state.params)))
     print(devices, "devices, loss", float(metrics["loss"]))
-worst = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)) for a, b in zip(*final))
+    params = jax.tree.map(np.asarray, jax.device_get(state.params))
+    if devices == 1:
+        reference = params  # beam search and retrieval: the same weights on every mesh
+    placed = sharding.replicate(reference, mesh)
+    captions.append(evaluate.generate_captions(model, placed, test.inputs, vocab, beam, 8, mesh))
+    scores.append(retrieval.score_matrix(
+        model, {"params": reference}, test_table.tokens, test.inputs, image_tile=8, mesh=mesh
+    ))
+worst = max(
+    float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
+    for other in final[1:] for a, b in zip(other, final[0])
+)
 print("worst relative difference", worst)
 assert worst < 1e-5, worst
+for other in captions[1:]:
+    assert [[c for c, _ in row] for row in other] == [[c for c, _ in row] for row in captions[0]]
+    for row, ref in zip(other, captions[0]):
+        np.testing.assert_allclose([lp for _, lp in row], [lp for _, lp in ref], rtol=1e-5)
+for other in scores[1:]:
+    np.testing.assert_allclose(other, scores[0], rtol=1e-5, atol=1e-4)
 print("MESH_OK")
 """
 
 
 @pytest.mark.slow
-def test_train_step_same_on_one_and_two_devices():
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+def test_train_beam_search_and_retrieval_same_on_one_two_and_eight_devices():
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     result = run_python(MESH_SCRIPT, env=env)
     assert result.returncode == 0 and "MESH_OK" in result.stdout, result.stdout + result.stderr
 
