@@ -113,7 +113,13 @@ def sentences(count: int, words: int, vocab_size: int) -> np.ndarray:
 
 
 def bench_train(args) -> list[dict]:
-    """Training steps: tokens per second (every caption has --words words + the end token)."""
+    """Training steps: tokens per second (every caption has --words words + the end token),
+    for each --batch-size."""
+    return [row for size in args.batch_size for row in bench_train_batch(args, size)]
+
+
+def bench_train_batch(args, batch_size: int) -> list[dict]:
+    """Training steps of ``batch_size`` captions."""
     model, params, features = paper_model(args.vocab_size, args.feature_dim, args.dtype)
     del params
     mesh = sharding.make_mesh()
@@ -128,8 +134,8 @@ def bench_train(args) -> list[dict]:
     )
     tx = make_optimizer(config)
     batch = {
-        "image": features(args.batch_size),
-        "tokens": sentences(args.batch_size, args.words, args.vocab_size),
+        "image": features(batch_size),
+        "tokens": sentences(batch_size, args.words, args.vocab_size),
     }
     state = init_state(model, tx, 0, batch["image"][:1], batch["tokens"][:1, :-1])
     step = make_train_step(model, tx, 1e-6)
@@ -144,11 +150,11 @@ def bench_train(args) -> list[dict]:
         return metrics["loss"]
 
     seconds = median_seconds(run, args.runs)
-    tokens = args.batch_size * (args.words + 1)
+    tokens = batch_size * (args.words + 1)
     return [
         row(
             "train step",
-            f"batch {args.batch_size}, {args.words} words, {args.dtype}",
+            f"batch {batch_size} ({tokens:,} words), {args.dtype}",
             tokens / seconds,
             "tokens/s",
             flops / seconds,
@@ -177,7 +183,7 @@ def bench_decode(args) -> list[dict]:
         rows.append(
             row(
                 f"{name} decoding",
-                f"batch {args.decode_batch}, {args.words} words",
+                f"batch {args.decode_batch}, {args.words} words, {args.dtype}",
                 args.decode_batch / seconds,
                 "captions/s",
                 (per_step * steps + image_flops) / seconds,
@@ -207,7 +213,7 @@ def bench_retrieval(args) -> list[dict]:
     return [
         row(
             "retrieval scoring",
-            f"{n} sentences x {n} images, {args.words} words",
+            f"{n} sentences x {n} images, {args.words} words, {args.dtype}",
             n * n / seconds,
             "pairs/s",
             total / seconds,
@@ -262,7 +268,13 @@ def main() -> None:
     )
     parser.add_argument("--vocab-size", type=int, default=10_000)
     parser.add_argument("--feature-dim", type=int, default=4096)
-    parser.add_argument("--batch-size", type=int, default=256, help="training captions")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="training captions per step; several values sweep (a GPU's MFU by batch size)",
+    )
     parser.add_argument("--words", type=int, default=20, help="words per caption")
     parser.add_argument("--decode-batch", type=int, default=64, help="images per decode batch")
     parser.add_argument("--beam", type=int, default=3)
@@ -273,7 +285,7 @@ def main() -> None:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.batch_size, args.decode_batch = 2, 32, 8
+        args.runs, args.batch_size, args.decode_batch = 2, [32], 8
         args.retrieval_size, args.encoder_batch, args.vocab_size = 32, 1, 1000
 
     device = jax.devices()[0]

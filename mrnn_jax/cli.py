@@ -132,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("skip", "error"),
         help="an undecodable image: leave it out and count it (default), or stop",
     )
+    _add_distributed_arguments(extract)
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     search = sub.add_parser(
@@ -466,8 +467,10 @@ def _image_paths(folder: str) -> list[str]:
 
 
 def _extract_features(args: argparse.Namespace) -> int:
-    from mrnn_jax import configs, extract
+    from mrnn_jax import configs, distributed, extract
     from mrnn_jax.data import DataReport, read_records
+
+    _start_distributed(args)
 
     if args.images:
         paths = _image_paths(args.images)
@@ -497,6 +500,8 @@ def _extract_features(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.no_progress,
     )
+    if not distributed.is_primary():
+        return 0
     print(
         f"{result.path}: {len(result.names)} images, {len(result.skipped)} skipped, "
         f"{result.images_per_second:.1f} images/s"

@@ -1,12 +1,12 @@
 """Feature extraction: a pretrained CNN's features of many images, into the precomputed
 features format (``.npz`` or ``.npy`` + names + provenance) that training reads.
 
-Resumable: images are processed in fixed chunks, each written atomically to
-``OUT.partial/`` as it completes; a restarted run skips the chunks already there and
-recomputes the rest exactly as an uninterrupted run would (same chunks, same batches). The
-output file appears only when every chunk is done, written atomically, so a half-written
-output never exists. Images that cannot be decoded are skipped and counted (or stop the run,
-``on_bad_image="error"``).
+Jitted over every device of every process (process 0 writes the files). Resumable: images
+are processed in fixed chunks, each written atomically to ``OUT.partial/`` as it completes;
+a restarted run skips the chunks already there and recomputes the rest exactly as an
+uninterrupted run would (same chunks, same batches). The output file appears only when every
+chunk is done, written atomically, so a half-written output never exists. Images that cannot
+be decoded are skipped and counted (or stop the run, ``on_bad_image="error"``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mrnn_jax import sharding
+from mrnn_jax import distributed, sharding
 from mrnn_jax.encoders import make_encoder
 from mrnn_jax.encoders.pretrained import load_pretrained
 from mrnn_jax.errors import MrnnError
@@ -113,6 +113,7 @@ def extract_features(
         "weights_sha256": meta["source"].get("sha256"),
     }
     partial = out + ".partial"
+    primary = distributed.is_primary()
     os.makedirs(partial, exist_ok=True)
     job_path = os.path.join(partial, "job.json")
     if os.path.isfile(job_path):
@@ -123,7 +124,7 @@ def extract_features(
                 f"{partial} holds an unfinished extraction of other images or settings; "
                 "delete it or choose another --out"
             )
-    else:
+    elif primary:
         write_text_atomic(job_path, json.dumps(job))
 
     chunk = batch_size * CHUNK_BATCHES
@@ -132,7 +133,7 @@ def extract_features(
     bar = tqdm(
         total=len(paths),
         initial=min(done * chunk, len(paths)),
-        disable=not progress,
+        disable=not progress or not primary,
         desc="extract",
         unit="img",
         dynamic_ncols=True,
@@ -162,7 +163,8 @@ def extract_features(
                         images = np.concatenate(
                             [images, np.repeat(images[:1], batch_size - count, axis=0)]
                         )
-                    out_batch = np.asarray(apply(variables, images))[:count]
+                    placed = sharding.shard_batch({"images": images}, mesh)["images"]
+                    out_batch = sharding.to_host(apply(variables, placed))[:count]
                     features.append(out_batch.astype(dtype))
                     kept += [chunk_names[b + i] for i in good]
                 bar.update(len(decoded))
@@ -170,6 +172,8 @@ def extract_features(
                 bar.set_postfix(img_s=f"{computed / max(time.time() - started, 1e-9):.1f}")
             dim = int(encoder_config["features_dim"])
             matrix = np.concatenate(features) if features else np.zeros((0, dim), dtype)
+            if not primary:
+                continue  # every process computes; process 0 writes
             _write_npz(
                 chunk_path,
                 features=matrix,
@@ -178,6 +182,8 @@ def extract_features(
             )
     bar.close()
     rate = computed / max(time.time() - started, 1e-9)
+    if not primary:
+        return ExtractionResult(out, [], [], rate)
 
     # Assemble the chunks into the output, atomically, then drop the partial folder.
     all_features, all_names, all_skipped = [], [], []

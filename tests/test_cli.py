@@ -111,3 +111,20 @@ def test_caption_conflicting_decoding_flags(tiny_run, tmp_path):
     assert "--beam or --sample" in line
     line = _one_line_error(run_mrnn("caption", "--checkpoint", tiny_run, "--top", "2", path))
     assert "--top needs --beam or --sample" in line
+
+
+def test_overrides_may_come_between_options(tmp_path):
+    result = run_mrnn(
+        "train", "--config", "tiny", "train.stepz=3", "--workdir", str(tmp_path), "--no-progress"
+    )
+    assert result.returncode == 2 and "unknown config key 'train.stepz'" in result.stderr
+    result = run_mrnn("train", "--config", "tiny", "--workdir", str(tmp_path), "stray")
+    assert result.returncode == 2 and "'stray' is not of the form key.path=value" in result.stderr
+
+
+def test_distributed_flags_go_together(tmp_path):
+    result = run_mrnn(
+        "train", "--config", "tiny", "--workdir", str(tmp_path), "--coordinator", "localhost:1"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--coordinator, --num-processes and --process-id go together" in result.stderr
