@@ -58,6 +58,10 @@ def matmul_flops(jaxpr) -> float:
             per_output = rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * per_output
         times = eqn.params.get("length", 1) if name == "scan" else 1
+        if name == "cond":  # one branch runs: count the costliest
+            total += max(matmul_flops(b.jaxpr) for b in eqn.params["branches"])
+            continue
+        # (a while loop's body is counted once: callers multiply by its trip count)
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
                 inner = getattr(sub, "jaxpr", sub)

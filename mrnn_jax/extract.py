@@ -111,6 +111,10 @@ def extract_features(
         "encoder": provenance["encoder"],
         "feature": provenance["feature"],
         "weights_sha256": meta["source"].get("sha256"),
+        "dtype": dtype,
+        "on_bad_image": on_bad_image,
+        "image_size": size,
+        "crop_fraction": crop_fraction,
     }
     partial = out + ".partial"
     primary = distributed.is_primary()
@@ -232,6 +236,8 @@ def write_features(path: str, features: np.ndarray, names: list[str], provenance
     import io
 
     stem = os.path.splitext(path)[0]
+    if os.path.exists(path):  # never a new names list beside an old matrix
+        os.remove(path)
     write_text_atomic(stem + ".txt", "\n".join(names) + "\n")
     write_text_atomic(stem + ".json", json.dumps(provenance, indent=2) + "\n")
     buffer = io.BytesIO()

@@ -26,12 +26,9 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
         raise MrnnError(f"asked for {count} devices; this process sees {len(devices)}")
     if count != len(devices) and jax.process_count() > 1:
         raise MrnnError("--devices cannot be used with several processes: all devices take part")
-    return jax.make_mesh(
-        (count,),
-        (DATA_AXIS,),
-        axis_types=(jax.sharding.AxisType.Auto,),
-        devices=devices[:count],
-    )
+    # Mesh, not jax.make_mesh: the latter may reorder devices by topology (TPU rings),
+    # which would interleave processes along the batch axis.
+    return Mesh(np.asarray(devices[:count]), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -53,25 +50,18 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size"
         )
 
 
-def local_rows(rows: int, mesh: Mesh) -> slice:
-    """The rows of a global batch of ``rows`` that this process's devices hold."""
-    mine = [i for i, d in enumerate(mesh.devices.flat) if d.process_index == jax.process_index()]
-    per_device = rows // mesh.size
-    return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
-
-
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Places a global host batch (the same on every process) on the mesh, split along its
     leading axis; each process transfers only the rows its devices hold."""
     if jax.process_count() == 1:
         return jax.device_put(batch, data_sharding(mesh))
     sharding = data_sharding(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(
-            sharding, np.asarray(x)[local_rows(len(x), mesh)], np.shape(x)
-        ),
-        batch,
-    )
+
+    def place(x):
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, batch)
 
 
 def shard_local_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

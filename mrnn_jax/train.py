@@ -212,6 +212,29 @@ def check_resume(workdir: str, saved: dict, new: dict) -> None:
         log.info("resuming with a changed setting: %s", change)
 
 
+def check_same_data(workdir: str, saved: dict | None, now: dict) -> None:
+    """Refuses to resume on other data: other training or validation images, or other
+    features (count, width, precision, provenance), even where the paths are the same."""
+    if not saved:
+        return
+    clash = []
+    for split in ("train", "val"):
+        before, after = saved.get("splits", {}).get(split), now["splits"].get(split)
+        if before and after and before != after:
+            clash.append(f"split {split}: {before} in the checkpoint, {after} now")
+    before, after = saved.get("features") or {}, now.get("features") or {}
+    for key in ("rows", "dim", "dtype", "provenance"):
+        if before.get(key) != after.get(key):
+            clash.append(
+                f"features {key}: {before.get(key)!r} in the checkpoint, {after.get(key)!r} now"
+            )
+    if clash:
+        raise MrnnError(
+            f"{workdir} holds a checkpoint trained on other data ({'; '.join(clash)}); use a "
+            "new --workdir, or the original data"
+        )
+
+
 def build_vocab(train_records, min_count: int) -> Vocabulary:
     """The vocabulary of the training captions (never the validation or test ones)."""
     return Vocabulary.build([t for r in train_records for t in r.tokens], min_count=min_count)
@@ -270,7 +293,8 @@ def train_and_evaluate(
     if config.encoder.name in ARCHITECTURES:
         encoder_params, encoder_meta = load_pretrained(config.encoder)
         log.info("encoder: %s from %s", config.encoder.name, encoder_meta["source"]["file_name"])
-    dataset = load_dataset(config.dataset, config.encoder)
+    needed = None if config.dataset.name == "shapes" else {"train", "val", *config.eval.splits}
+    dataset = load_dataset(config.dataset, config.encoder, needed)
     for split in ("train", "val", *config.eval.splits):
         if split not in dataset.splits:
             raise MrnnError(
@@ -304,6 +328,7 @@ def _train_and_evaluate(
     config_json = configs.to_json(config)
     if latest is not None:
         check_resume(workdir, ckpts.read_item(latest, "config"), config_json)
+        check_same_data(workdir, ckpts.read_item(latest, "meta").get("data"), dataset.summary())
     primary = distributed.is_primary()  # the one process that writes logs and results
     if primary:
         files.write_json_atomic(os.path.join(workdir, "config.json"), config_json)

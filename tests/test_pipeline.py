@@ -143,3 +143,4 @@ def test_batches_read_memory_mapped_feature_rows(tmp_path):
     images = table.epoch_order(0, 0).images[:3]
     np.testing.assert_array_equal(batch["image"], np.asarray(mapped)[rows[images]])
     np.testing.assert_array_equal(inputs[1:3], np.asarray(mapped)[[7, 5]])
+    np.testing.assert_array_equal(inputs[2], np.asarray(mapped)[5])  # one row, not [1, D]

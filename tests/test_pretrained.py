@@ -96,6 +96,8 @@ def test_fine_tuning_from_a_layer_trains_it_and_later_ones_but_never_bn_statisti
     assert set(jax.tree.leaves(labels["fc"])) == {"frozen"}  # after the pooled feature
     with pytest.raises(MrnnError, match="not a layer of resnet50"):
         _labels({"fine_tune_from": "layer9"})
+    with pytest.raises(MrnnError, match="comes after the feature's layer"):
+        _labels({"fine_tune_from": "fc"})  # after the pooled feature: nothing would train
 
 
 def test_load_pretrained_fills_the_preprocessing_from_the_file(resnet_weights):

@@ -103,3 +103,23 @@ def test_missing_features_or_folder_stops_before_any_work(flickr8k, tmp_path):
     assert result.returncode != 0 and not workdir.exists()
     assert f"{tmp_path / 'nowhere'}: no such data folder for dataset 'flickr30k'" in result.stderr
     assert "https://shannon.cs.illinois.edu/DenotationGraph/" in result.stderr
+
+
+@pytest.mark.slow
+def test_resuming_on_other_features_is_refused(flickr8k):
+    workdir = str(flickr8k["root"] / "resume")
+    first = make_train(
+        "DATASET=flickr8k", f"DATA_DIR={flickr8k['data_dir']}",
+        f"FEATURES={flickr8k['features']}", f"WORKDIR={workdir}", f"ARGS={TINY}",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = str(flickr8k["root"] / "alexnet.npy")
+    with open(flickr8k["features"][:-4] + ".txt", encoding="utf-8") as f:
+        names = f.read().split()
+    fx.write_features(other, names, dim=8, provenance={"encoder": "alexnet"}, seed=1)
+    again = make_train(
+        "DATASET=flickr8k", f"DATA_DIR={flickr8k['data_dir']}", f"FEATURES={other}",
+        f"WORKDIR={workdir}", f"ARGS={TINY} train.num_steps=6",
+    )  # fmt: skip
+    assert again.returncode != 0 and "Traceback" not in again.stderr
+    assert "trained on other data" in again.stderr and "features provenance" in again.stderr

@@ -35,6 +35,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
         if not hasattr(value, "shape"):
             continue  # e.g. a step counter stored beside the weights
         name = name.removeprefix("module.")
+        if hasattr(value, "detach"):  # a tensor inside a wrapper, possibly bfloat16
+            value = value.detach().float().numpy()
         arrays[name] = np.asarray(value, dtype=np.float32)
     if not arrays:
         raise MrnnError(f"{path}: holds no weight tensors")

@@ -51,7 +51,8 @@ class FeatureFile:
 class RowSubset:
     """Rows ``rows`` of a (memory-mapped) matrix, indexed like an array of those rows.
 
-    Indexing with an integer array or a slice reads just those rows (as float32 in memory).
+    Indexing with an integer, an integer array or a slice reads just those rows into memory
+    (in the file's dtype, float16 or float32).
     """
 
     base: np.ndarray
@@ -69,8 +70,9 @@ class RowSubset:
         return self.base.dtype
 
     def __getitem__(self, index) -> np.ndarray:
-        rows = np.atleast_1d(self.rows[index]) if not isinstance(index, slice) else self.rows[index]
-        return np.asarray(self.base[np.asarray(rows)])
+        if np.ndim(index) == 0 and not isinstance(index, slice):
+            return np.asarray(self.base[int(self.rows[index])])
+        return np.asarray(self.base[np.asarray(self.rows[index])])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]

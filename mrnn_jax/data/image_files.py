@@ -92,8 +92,9 @@ class ImageFiles:
             return np.full((self.size, self.size, 3), GREY, np.uint8)
 
     def __getitem__(self, index) -> np.ndarray:
-        rows = np.arange(len(self.paths))[index]
-        rows = np.atleast_1d(rows)
+        if np.ndim(index) == 0 and not isinstance(index, slice):
+            return self[[index]][0]
+        rows = np.atleast_1d(np.arange(len(self.paths))[index])
         out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
         with concurrent.futures.ThreadPoolExecutor(DECODE_THREADS) as pool:
             for i, image in enumerate(pool.map(self._load, [self.paths[r] for r in rows])):

@@ -87,8 +87,11 @@ def find_first(dataset: str, candidates: list[str], what: str = "file") -> str:
 
 
 def resolve(data_dir: str, path: str) -> str:
-    """``path`` as given if absolute or present from the working directory, else under
-    ``data_dir``."""
-    if not path or os.path.isabs(path) or os.path.exists(path):
+    """``path`` as given if absolute; a relative one under ``data_dir`` if there, else from
+    the working directory if there, else (for the missing-file error) under ``data_dir``."""
+    if not path or os.path.isabs(path):
         return path
-    return os.path.join(data_dir, path)
+    inside = os.path.join(data_dir, path)
+    if os.path.exists(inside) or not os.path.exists(path):
+        return inside
+    return path

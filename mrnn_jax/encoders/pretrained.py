@@ -157,7 +157,13 @@ def trainable_layers(spec: Architecture, encoder_config: Mapping) -> set[str]:
             f"encoder.fine_tune_from={start!r}: not a layer of {encoder_config['name']} "
             f"({', '.join(layers)})"
         )
-    return set(layers[first : feature_layer(spec, encoder_config) + 1])
+    chosen = set(layers[first : feature_layer(spec, encoder_config) + 1])
+    if not chosen:
+        raise MrnnError(
+            f"encoder.fine_tune_from={start!r} comes after the feature's layer: nothing would "
+            "train; choose an earlier layer, or '' to keep the CNN frozen"
+        )
+    return chosen
 
 
 def feature_layer(spec: Architecture, encoder_config: Mapping) -> int:
