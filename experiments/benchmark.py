@@ -18,7 +18,7 @@ import argparse
 import math
 import os
 import platform
-import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -26,6 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared timing helper
+from timing import median_time  # noqa: E402
 
 from mrnn_jax import decode, retrieval, sharding
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, PretrainedEncoder
@@ -77,13 +80,7 @@ def flops_of(fn: Callable, *args) -> float:
 
 def median_seconds(fn: Callable[[], object], runs: int) -> float:
     """Median wall time of ``fn()`` over ``runs`` runs, after one warm-up (the compile)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(fn, runs)[0]
 
 
 def matmul_peak(dtype, runs: int, size: int = 2048) -> float:
