@@ -61,12 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print captions (greedy by default; beam search or sampling on request) "
         "and their log-probabilities for each image.",
     )
-    caption.add_argument(
-        "--checkpoint", required=True, help="work directory of 'mrnn train' (or a step dir)"
-    )
-    caption.add_argument(
-        "--latest", action="store_true", help="use the latest checkpoint, not the best"
-    )
+    _add_checkpoint_arguments(caption)
     caption.add_argument("--max-words", type=int, default=None, help="longest caption, in words")
     _add_decoding_arguments(caption)
     caption.add_argument(
@@ -80,8 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint on a split of its dataset: perplexity, BLEU-1..4, "
         "METEOR (needs Java), ROUGE-L and CIDEr-D of the generated captions.",
     )
-    evaluate.add_argument("--checkpoint", required=True, help="work directory of 'mrnn train'")
-    evaluate.add_argument("--latest", action="store_true", help="latest checkpoint, not best")
+    _add_checkpoint_arguments(evaluate)
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--max-images", type=int, default=None, help="first N images only")
     evaluate.add_argument("--batch-size", type=int, default=None, help="images per batch")
@@ -141,8 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Rank a folder of images (or a features file) by P(sentence | image) "
         "under a trained checkpoint and print the best matches.",
     )
-    search.add_argument("--checkpoint", required=True, help="work directory of 'mrnn train'")
-    search.add_argument("--latest", action="store_true", help="latest checkpoint, not best")
+    _add_checkpoint_arguments(search)
     where = search.add_mutually_exclusive_group(required=True)
     where.add_argument("--images", help="folder of images (searched recursively)")
     where.add_argument(
@@ -162,8 +155,7 @@ def add_retrieve_parser(sub) -> argparse.ArgumentParser:
         "P(S|I)/P(S) (and raw P(S|I)); report R@1, R@5, R@10, median and mean rank as in "
         "the paper's tables, as JSON, Markdown and an HTML page of example queries.",
     )
-    retrieve.add_argument("--checkpoint", required=True, help="work directory of 'mrnn train'")
-    retrieve.add_argument("--latest", action="store_true", help="latest checkpoint, not best")
+    _add_checkpoint_arguments(retrieve)
     retrieve.add_argument("--split", default="test", help="split to evaluate (default: test)")
     retrieve.add_argument("--max-images", type=int, default=None, help="first N images only")
     retrieve.add_argument(
@@ -193,6 +185,24 @@ def add_retrieve_parser(sub) -> argparse.ArgumentParser:
     )
     retrieve.add_argument("--no-progress", action="store_true", help="no progress bar")
     return retrieve
+
+
+def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True, help="work directory of 'mrnn train' (or a step dir)"
+    )
+    parser.add_argument(
+        "--latest", action="store_true", help="use the latest checkpoint, not the best"
+    )
+
+
+def _load(args: argparse.Namespace, compute_dtype: str | None = None):
+    """The checkpoint ``--checkpoint`` / ``--latest`` name."""
+    from mrnn_jax import captioner
+
+    return captioner.load(
+        args.checkpoint, "latest" if args.latest else "best", compute_dtype=compute_dtype
+    )
 
 
 def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,13 +258,9 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
 
 def _load_for_data(args: argparse.Namespace):
     """The checkpoint of ``args``, its dataset paths replaced by --data-dir / --features."""
-    from mrnn_jax import captioner, configs
+    from mrnn_jax import configs
 
-    model = captioner.load(
-        args.checkpoint,
-        "latest" if args.latest else "best",
-        compute_dtype=getattr(args, "compute_dtype", None),
-    )
+    model = _load(args, getattr(args, "compute_dtype", None))
     configs.apply_overrides(model.config, _data_overrides(args))
     return model
 
@@ -330,9 +336,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from mrnn_jax import captioner
 
-    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    model = _load(args)
     if not model.takes_pixels:
         raise MrnnError(
             f"{args.checkpoint} was trained on precomputed features; caption its images by "
@@ -404,12 +409,12 @@ def _retrieve(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mrnn_jax import captioner, retrieval
+    from mrnn_jax import retrieval
     from mrnn_jax.data.features import load_features
     from mrnn_jax.images import ImageError
     from mrnn_jax.vocab import tokenize
 
-    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    model = _load(args)
     if args.features:
         if model.takes_pixels:
             raise MrnnError(f"{args.checkpoint} reads images; use --images, not --features")

@@ -46,8 +46,8 @@ class ExtractionResult:
     images_per_second: float
 
 
-def _chunk_paths(partial: str, index: int) -> tuple[str, str]:
-    return os.path.join(partial, f"chunk_{index:06d}.npz"), os.path.join(partial, "job.json")
+def _chunk_path(partial: str, index: int) -> str:
+    return os.path.join(partial, f"chunk_{index:06d}.npz")
 
 
 def _decode(path: str, size: int, crop_fraction: float, on_bad_image: str):
@@ -133,7 +133,7 @@ def extract_features(
 
     chunk = batch_size * CHUNK_BATCHES
     starts = range(0, len(paths), chunk)
-    done = sum(os.path.isfile(_chunk_paths(partial, i)[0]) for i in range(len(starts)))
+    done = sum(os.path.isfile(_chunk_path(partial, i)) for i in range(len(starts)))
     bar = tqdm(
         total=len(paths),
         initial=min(done * chunk, len(paths)),
@@ -145,7 +145,7 @@ def extract_features(
     computed, started = 0, time.time()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for index, start in enumerate(starts):
-            chunk_path = _chunk_paths(partial, index)[0]
+            chunk_path = _chunk_path(partial, index)
             if os.path.isfile(chunk_path):
                 continue
             chunk_names = list(names[start : start + chunk])
@@ -192,7 +192,7 @@ def extract_features(
     # Assemble the chunks into the output, atomically, then drop the partial folder.
     all_features, all_names, all_skipped = [], [], []
     for index in range(len(starts)):
-        with np.load(_chunk_paths(partial, index)[0], allow_pickle=False) as data:
+        with np.load(_chunk_path(partial, index), allow_pickle=False) as data:
             all_features.append(data["features"])
             all_names += [str(n) for n in data["filenames"]]
             all_skipped += [str(n) for n in data["skipped"]]

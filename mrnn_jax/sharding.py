@@ -55,13 +55,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     leading axis; each process transfers only the rows its devices hold."""
     if jax.process_count() == 1:
         return jax.device_put(batch, data_sharding(mesh))
-    sharding = data_sharding(mesh)
-
-    def place(x):
-        value = np.asarray(x)
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-    return jax.tree.map(place, batch)
+    return _from_host(batch, data_sharding(mesh))
 
 
 def shard_local_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -77,7 +71,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree (parameters, optimiser state) on every device of the mesh."""
     if jax.process_count() == 1:
         return jax.device_put(tree, replicated(mesh))
-    sharding = replicated(mesh)
+    return _from_host(tree, replicated(mesh))
+
+
+def _from_host(tree: Any, sharding: NamedSharding) -> Any:
+    """Places host values that every process holds whole; each process transfers only the
+    pieces its own devices keep."""
 
     def place(x):
         value = np.asarray(x)

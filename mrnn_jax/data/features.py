@@ -10,6 +10,7 @@ file; that record is kept in the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -35,6 +36,16 @@ class FeatureFile:
     def dim(self) -> int:
         """Width D of each feature vector."""
         return int(self.features.shape[1])
+
+    @functools.cached_property
+    def name_index(self) -> dict[str, int]:
+        """Row of each name, relative path and file name (-1 where two rows share one), built
+        once for every split's alignment."""
+        index: dict[str, int] = {}
+        for row, name in enumerate(self.names):
+            for key in _keys(name):
+                index[key] = row if index.get(key, row) == row else -1
+        return index
 
     def info(self) -> dict:
         """What a checkpoint records about these features."""
@@ -163,20 +174,14 @@ def align(records: Sequence[ImageRecord], features: FeatureFile, split: str = ""
 
     Raises :class:`MrnnError` listing the first images the file has no features for.
     """
-    index: dict[str, int] = {}
-    ambiguous: set[str] = set()
-    for row, name in enumerate(features.names):
-        for key in _keys(name):
-            if key in index and index[key] != row:
-                ambiguous.add(key)
-            index.setdefault(key, row)
+    index = features.name_index
     rows = np.empty(len(records), np.int64)
     missing = []
     for i, record in enumerate(records):
         keys = [record.image_id, *_keys(record.image_id)]
         if record.file_path:
             keys += _keys(record.file_path)
-        found = next((index[k] for k in keys if k in index and k not in ambiguous), None)
+        found = next((index[k] for k in keys if index.get(k, -1) >= 0), None)
         if found is None:
             missing.append(record.image_id)
         else:

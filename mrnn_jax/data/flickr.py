@@ -9,8 +9,8 @@ from collections.abc import Mapping
 
 from mrnn_jax.data.karpathy import find_karpathy_json, read_karpathy, read_karpathy_split
 from mrnn_jax.data.records import Caption, DataReport, ImageRecord, make_records
-from mrnn_jax.data.splits import fallback_split, read_split_lists
-from mrnn_jax.data.text import find_first, read_lines, resolve
+from mrnn_jax.data.splits import fallback_split, list_files, read_split_lists
+from mrnn_jax.data.text import find_first, read_lines
 from mrnn_jax.errors import MrnnError
 
 # "<image>#<n>", then a tab (or, in hand-edited files, spaces), then the caption.
@@ -47,11 +47,6 @@ def read_token_file(path: str, report: DataReport) -> dict[str, list[Caption]]:
     return captions
 
 
-def _user_lists(config: Mapping, data_dir: str) -> dict[str, str]:
-    lists = {s: config.get(f"{s}_list", "") for s in ("train", "val", "test")}
-    return {split: resolve(data_dir, path) for split, path in lists.items() if path}
-
-
 def _images_dir(data_dir: str, names: tuple[str, ...]) -> str:
     for name in names:
         if os.path.isdir(os.path.join(data_dir, name)):
@@ -73,7 +68,7 @@ def read_flickr8k(config: Mapping, report: DataReport) -> list[ImageRecord]:
     token_path = find_first("flickr8k", token_paths)
     text_dir = os.path.dirname(token_path)
     captions = read_token_file(token_path, report)
-    lists = _user_lists(config, data_dir)
+    lists = list_files(config, data_dir)
     if lists:
         split_of = read_split_lists(lists, "flickr8k", report)
     elif karpathy and not all(
@@ -100,7 +95,7 @@ def read_flickr30k(config: Mapping, report: DataReport) -> list[ImageRecord]:
     if not any(os.path.isfile(p) for p in token_paths) and karpathy:
         return read_karpathy(karpathy, images, report, merge)
     captions = read_token_file(find_first("flickr30k", token_paths), report)
-    lists = _user_lists(config, data_dir)
+    lists = list_files(config, data_dir)
     if lists:
         split_of = read_split_lists(lists, "flickr30k", report)
     elif karpathy:

@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping
 
 from mrnn_jax.data.records import Caption, DataReport, ImageRecord, make_records
-from mrnn_jax.data.splits import fallback_split, read_split_lists
-from mrnn_jax.data.text import read_text, require, resolve
+from mrnn_jax.data.splits import fallback_split, list_files, read_split_lists
+from mrnn_jax.data.text import read_text, require
 from mrnn_jax.errors import MrnnError
 
 ANNOTATIONS = "annotations_complete_eng"
@@ -60,11 +60,7 @@ def read_iapr(config: Mapping, report: DataReport) -> list[ImageRecord]:
     """IAPR TC-12 records; image ids are paths such as ``images/01/1000.jpg``."""
     data_dir = config["data_dir"]
     captions = read_annotations(data_dir, report)
-    lists = {
-        split: resolve(data_dir, config.get(f"{split}_list", ""))
-        for split in ("train", "val", "test")
-        if config.get(f"{split}_list", "")
-    }
+    lists = list_files(config, data_dir)
     seed = int(config.get("seed", 0))
     if {"train", "test"} <= set(lists):
         split_of = read_split_lists(lists, "iapr", report, normalise=image_key)

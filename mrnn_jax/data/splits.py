@@ -8,9 +8,19 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from mrnn_jax.data.records import DataReport
-from mrnn_jax.data.text import read_lines, require
+from mrnn_jax.data.text import read_lines, require, resolve
 
 log = logging.getLogger("mrnn_jax")
+
+
+def list_files(config: Mapping, data_dir: str) -> dict[str, str]:
+    """``{split: path}`` of the config's ``train_list`` / ``val_list`` / ``test_list`` that
+    are set, resolved against ``data_dir``."""
+    return {
+        split: resolve(data_dir, config[f"{split}_list"])
+        for split in ("train", "val", "test")
+        if config.get(f"{split}_list", "")
+    }
 
 
 def read_split_lists(

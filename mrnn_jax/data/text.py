@@ -37,8 +37,6 @@ def read_lines(path: str, report: DataReport | None = None) -> list[tuple[int, s
     data = data.removeprefix(BOM.encode("utf-8"))  # before decoding: line 1 may be Latin-1
     for number, raw in enumerate(data.splitlines(), start=1):
         text, latin1 = decode_line(raw)
-        if number == 1:
-            text = text.removeprefix(BOM)
         text = text.strip()
         if latin1 and report is not None:
             report.note("lines read as Latin-1", f"{path}:{number}")
@@ -54,7 +52,7 @@ def read_text(path: str, report: DataReport | None = None) -> str:
     text, latin1 = decode_line(data.removeprefix(BOM.encode("utf-8")))
     if latin1 and report is not None:
         report.note("files read as Latin-1", path)
-    return text.removeprefix(BOM)
+    return text
 
 
 def read_json(path: str) -> object:
@@ -69,10 +67,7 @@ def read_json(path: str) -> object:
 
 def require(path: str, dataset: str, what: str = "file") -> str:
     """``path`` if it exists, else an error naming it and saying where to get ``dataset``."""
-    exists = os.path.isdir(path) if what == "folder" else os.path.isfile(path)
-    if not exists:
-        raise MrnnError(f"{path}: no such {what} for dataset {dataset!r}.\n{instructions(dataset)}")
-    return path
+    return find_first(dataset, [path], what)
 
 
 def find_first(dataset: str, candidates: list[str], what: str = "file") -> str:
