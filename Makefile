@@ -1,4 +1,5 @@
-# mrnn-jax: install, test, train. Every target uses the project's virtual environment.
+# mrnn-jax: install, test, train. Every target uses the project's virtual environment (.venv),
+# made from the lock on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,36 +18,51 @@ WEIGHTS ?=
 DATA_FLAGS := $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FEATURES),--features $(FEATURES)) \
 	$(if $(WEIGHTS),encoder.name=$(ENCODER) encoder.weights=$(WEIGHTS))
 
-.PHONY: install test lint format train features bench clean help
+.PHONY: install lock test lint format train features bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+# The environment: a virtual environment holding exactly the versions in $(LOCK) (with their
+# hashes), then this checkout installed into it in editable mode. Every target that runs
+# project code depends on it, so any of them sets up a fresh clone first.
+LOCK := requirements-lock.txt
+STAMP := $(VENV)/.installed
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 
-install: $(BIN)/python  ## create .venv and install the package with its test tools
-	$(BIN)/pip install -e '.[dev]'
+$(STAMP): $(LOCK) setup.cfg | $(BIN)/python
+	$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $@
 
-test:  ## run the test suite (about 10 minutes on 2 CPU cores)
+install: $(STAMP)  ## create .venv from the lock (exact versions and hashes) and install the package
+
+lock: $(STAMP)  ## refresh the lock to the newest versions setup.cfg allows (then commit it)
+	$(BIN)/pip-compile --quiet --upgrade --extra dev --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) setup.cfg
+	sed -i -e '/^# WARNING: pip install will require the following package to be hashed/,/^    # via file:/d' $(LOCK)
+
+test: lint  ## lint, then the test suite on both cores (about 10 minutes on 2 CPU cores)
 	$(BIN)/python -m pytest -q -n 2
 
-lint:  ## ruff lint and format check
+lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format:  ## apply ruff's fixes and formatting
+format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-train:  ## train on DATASET (shapes, flickr8k, flickr30k, coco, iapr, folder) from DATA_DIR [FEATURES]
+train: $(STAMP)  ## train on DATASET (shapes, flickr8k, flickr30k, coco, iapr, folder) from DATA_DIR [FEATURES]
 	$(BIN)/mrnn train --config $(CONFIG) --workdir $(WORKDIR) $(DATA_FLAGS) $(ARGS)
 
-features:  ## extract-features: ENCODER=vgg16|resnet50|alexnet WEIGHTS=file DATASET= DATA_DIR= OUT=
+features: $(STAMP)  ## extract-features: ENCODER=vgg16|resnet50|alexnet WEIGHTS=file DATASET= DATA_DIR= OUT=
 	$(BIN)/mrnn extract-features --encoder $(ENCODER) --weights $(WEIGHTS) --dataset $(DATASET) --data-dir $(DATA_DIR) --out $(OUT) $(ARGS)
 
-bench:  ## the benchmark suite: results/benchmark.json and .md (about 10 minutes on 2 CPU cores)
+bench: $(STAMP)  ## the benchmark suite: results/benchmark.json and .md (about 10 minutes on 2 CPU cores)
 	$(BIN)/python experiments/benchmark.py --json results/benchmark.json --markdown results/benchmark.md $(ARGS)
 
 clean:  ## remove build artefacts (not runs/)
