@@ -18,7 +18,7 @@ WEIGHTS ?=
 DATA_FLAGS := $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FEATURES),--features $(FEATURES)) \
 	$(if $(WEIGHTS),encoder.name=$(ENCODER) encoder.weights=$(WEIGHTS))
 
-.PHONY: install lock test lint format train features bench clean help
+.PHONY: install lock browser test lint format train features bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,8 +45,15 @@ lock: $(STAMP)  ## refresh the lock to the newest versions setup.cfg allows (the
 		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) setup.cfg
 	sed -i -e '/^# WARNING: pip install will require the following package to be hashed/,/^    # via file:/d' $(LOCK)
 
-test: lint  ## lint, then the test suite on both cores (about 10 minutes on 2 CPU cores)
+test: lint browser  ## lint, then the test suite on both cores (about 10 minutes on 2 CPU cores)
 	$(BIN)/python -m pytest -q -n 2
+
+# The browser test drives Debian's Chromium (Playwright's own browser download is not used).
+# As root it is installed here; otherwise install the `chromium` package yourself.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else echo "make: chromium not found: install Debian's chromium package for the browser test"; fi; }
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .
