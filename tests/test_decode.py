@@ -241,7 +241,18 @@ def test_sampled_captions_do_not_depend_on_batching(setup) -> None:
     mesh = sharding.make_mesh(1)
     by_two = evaluate.generate_captions(model, variables["params"], same, vocab, options, 2, mesh)
     by_four = evaluate.generate_captions(model, variables["params"], same, vocab, options, 4, mesh)
-    assert by_two == by_four
+    # The draws (the words) agree exactly; their log-probabilities are float32 sums from
+    # programs of another batch shape, which XLA does not promise to round alike.
+    assert [[text for text, _ in row] for row in by_two] == [
+        [text for text, _ in row] for row in by_four
+    ]
+    np.testing.assert_allclose(
+        [[lp for _, lp in row] for row in by_two],
+        [[lp for _, lp in row] for row in by_four],
+        # float32 sums of <= 9 terms: a few ulp apart; another word would move them far more.
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert len({captions[0][0] for captions in by_two}) > 2  # draws differ between rows
 
 

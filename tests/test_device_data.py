@@ -24,7 +24,7 @@ from mrnn_jax.train import (
 from tests.conftest import run_mrnn
 
 
-def test_device_gathered_batches_train_exactly_like_host_batches():
+def test_device_gathered_batches_train_like_host_batches():
     config = configs.load_config("tiny", ["model.dropout_rate=0.0"])
     train = load_dataset(config.dataset, config.encoder).splits["train"]
     vocab = build_vocab(train.records, 1)
@@ -47,6 +47,8 @@ def test_device_gathered_batches_train_exactly_like_host_batches():
         a, _ = host_step(a, sharding.shard_batch(batch, mesh))
         indices = batch_indices(table, i, tc.batch_size, 0, tc.captions_per_image)
         b, _ = device_step(b, data, sharding.shard_batch(indices, mesh))
+    # Two programs (the gather runs inside one of them): equal on this CPU, but XLA promises
+    # no bit-equality, so parameters after 5 Adam steps agree to float32 rounding.
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 

@@ -161,7 +161,8 @@ def test_scaled_tanh_values() -> None:
 def test_activation_lookup() -> None:
     x = jnp.array([-2.0, -0.5, 0.0, 0.5, 2.0], jnp.float32)
     np.testing.assert_array_equal(np.asarray(activation("relu")(x)), [0.0, 0.0, 0.0, 0.5, 2.0])
-    np.testing.assert_allclose(np.asarray(activation("tanh")(x)), np.tanh(np.asarray(x)))
+    # XLA's tanh is its own approximation, not NumPy's: within a few ulp, not bit-equal.
+    np.testing.assert_allclose(np.asarray(activation("tanh")(x)), np.tanh(np.asarray(x)), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(activation("identity")(x)), np.asarray(x))
     with pytest.raises(ValueError, match="unknown activation 'softsign'"):
         activation("softsign")
@@ -224,8 +225,9 @@ def test_words_equals_loop_of_recur_steps(model: MRNN, variables: dict, batch) -
 def test_recurrent_state_depends_on_history(model: MRNN, variables: dict) -> None:
     tokens = np.array([[START_ID, 4, 9], [START_ID, 5, 9]], np.int32)
     w_seq, r_seq = model.apply(variables, tokens, method=MRNN.words)
-    # Same token at t=2 -> same w, but different r because the histories differ.
-    np.testing.assert_array_equal(np.asarray(w_seq[0, 2]), np.asarray(w_seq[1, 2]))
+    # Same token at t=2 -> same w (to float32 rounding: XLA does not promise that two rows of
+    # one matrix product round alike), but different r because the histories differ.
+    np.testing.assert_allclose(np.asarray(w_seq[0, 2]), np.asarray(w_seq[1, 2]), **TOL)
     assert not np.allclose(np.asarray(r_seq[0, 2]), np.asarray(r_seq[1, 2]))
 
 

@@ -171,7 +171,10 @@ assert worst < 1e-5, worst
 for other in captions[1:]:
     assert [[c for c, _ in row] for row in other] == [[c for c, _ in row] for row in captions[0]]
     for row, ref in zip(other, captions[0]):
-        np.testing.assert_allclose([lp for _, lp in row], [lp for _, lp in ref], rtol=1e-5)
+        # float32 sums over other per-device batch shapes; atol for captions with log p near 0
+        np.testing.assert_allclose(
+            [lp for _, lp in row], [lp for _, lp in ref], rtol=1e-5, atol=1e-5
+        )
 for other in scores[1:]:
     np.testing.assert_allclose(other, scores[0], rtol=1e-5, atol=1e-4)
 print("MESH_OK")
