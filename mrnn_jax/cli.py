@@ -1,6 +1,7 @@
 """The ``mrnn`` command line: train, caption, evaluate, retrieve, search.
 
-Errors in the user's input (files, configs, checkpoints) print one line and exit with status 2.
+Errors in the user's input (files, configs, checkpoints) print one line and exit with status 2;
+SIGINT and SIGTERM print one line and exit with 130 and 143 (training saves a checkpoint first).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.interrupt import Interrupted
 
 EPILOG_TRAIN = """\
 Overrides are KEY=VALUE pairs naming any config value, for example
@@ -548,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MrnnError as error:
         print(f"mrnn: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stopped:  # SIGINT / SIGTERM: 128 + the signal's number
+        print(f"mrnn: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         print("mrnn: interrupted", file=sys.stderr)
         return 130

@@ -23,10 +23,29 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from mrnn_jax import checkpoint, configs, distributed, evaluate, files, metrics, sharding
+from mrnn_jax import (
+    checkpoint,
+    configs,
+    distributed,
+    evaluate,
+    files,
+    interrupt,
+    metrics,
+    nonfinite,
+    sharding,
+)
+from mrnn_jax import metrics_log as metrics_log_lib
+from mrnn_jax import workdir as workdir_lock
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
-from mrnn_jax.data.pipeline import CaptionTable, batch_indices, data_state, train_batch
+from mrnn_jax.data.pipeline import (
+    CaptionTable,
+    batch_indices,
+    batches_per_epoch,
+    data_state,
+    images_per_batch,
+    train_batch,
+)
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN, make_model
@@ -128,7 +147,8 @@ def make_train_step(
 
     The loss is the mean NLL per word over the global batch plus ``l2_weight`` times the L2
     penalty (of every parameter but the top-level subtrees in ``l2_skip``). Metrics are
-    sums, so that they add up across steps into corpus values.
+    sums, so that they add up across steps into corpus values. A step whose loss or gradient
+    norm is not finite changes nothing but the step (metric ``finite`` is then False).
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -149,15 +169,25 @@ def make_train_step(
             return nll + l2_weight * l2, (sums, l2)
 
         (loss, (sums, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # The non-finite guard: a NaN or Inf loss or gradient leaves parameters and optimiser
+        # state as they were (see mrnn_jax.nonfinite for what the run then does).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state),
+            (state.params, state.opt_state),
+        )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         step_metrics = {
             "loss": loss,
             "nll_sum": sums["nll_sum"],
             "num_tokens": sums["num_tokens"],
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "l2": l2,
+            "finite": finite,
         }
         return new_state, step_metrics
 
@@ -240,24 +270,6 @@ def build_vocab(train_records, min_count: int) -> Vocabulary:
     return Vocabulary.build([t for r in train_records for t in r.tokens], min_count=min_count)
 
 
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (easy to plot with pandas);
-    writes nothing when not ``enabled`` (every process but the first)."""
-
-    def __init__(self, workdir: str, enabled: bool = True):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.enabled = enabled
-
-    def write(self, step: int, split: str, values: dict) -> None:
-        """Records ``values`` for ``split`` at ``step``."""
-        if not self.enabled:
-            return
-        row = {"step": int(step), "split": split, "time": time.time()}
-        row.update({k: float(v) for k, v in values.items()})
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -302,14 +314,26 @@ def train_and_evaluate(
                 f"{sorted(dataset.splits)}); training needs train and val, and eval.splits "
                 f"names {list(config.eval.splits)}"
             )
-    os.makedirs(workdir, exist_ok=True)
-    ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
     try:
-        return _train_and_evaluate(
-            config, workdir, mesh, ckpts, dataset, encoder_params, progress, started
-        )
-    finally:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise MrnnError(f"{workdir}: cannot create the work directory ({e.strerror})") from e
+    # One trainer per work directory (process 0 holds the lock for all of a run's processes);
+    # then SIGINT / SIGTERM save before they stop the run.
+    with (
+        workdir_lock.locked(workdir, enabled=distributed.is_primary()),
+        interrupt.handle_signals() as stop,
+    ):
+        ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
+        try:
+            results = _train_and_evaluate(
+                config, workdir, mesh, ckpts, dataset, encoder_params, progress, started, stop
+            )
+        except BaseException:
+            ckpts.close_quietly()
+            raise
         ckpts.close()
+        return results
 
 
 def _train_and_evaluate(
@@ -321,8 +345,10 @@ def _train_and_evaluate(
     encoder_params: Any,
     progress: bool,
     started: float,
+    stop: interrupt.StopRequest | None = None,
 ) -> dict:
     """The run after the checks: resume or start, train, evaluate (see train_and_evaluate)."""
+    stop = stop or interrupt.StopRequest()
     tc = config.train
     latest = ckpts.latest_step()
     config_json = configs.to_json(config)
@@ -343,6 +369,7 @@ def _train_and_evaluate(
         vocab.save(os.path.join(workdir, "vocab.json"))
     max_words = config.dataset.max_words
     train_table = CaptionTable.build(splits["train"].records, vocab, max_words)
+    check_one_batch(train_table, tc)
     val_table = CaptionTable.build_uncut(splits["val"].records, vocab, max_words)
     train_inputs = splits["train"].inputs
     log.info(
@@ -379,6 +406,16 @@ def _train_and_evaluate(
         state = TrainState(params=params, **extras)
         best_val = float(meta.get("best_val_perplexity", float("inf")))
         log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
+    resumed = meta if latest is not None else {}
+    results_path = os.path.join(workdir, "results.json")
+    if latest is not None and latest >= tc.num_steps and os.path.exists(results_path):
+        finished = _finished(workdir, latest, results_path)
+        if finished is not None:
+            return finished
+    # metrics.jsonl: cut back to the rows of the restored step (all of them, for a fresh run).
+    metrics_log = metrics_log_lib.MetricsLog(workdir, enabled=primary)
+    metrics_log.start(resumed.get("metrics_rows", 0 if latest is None else None), latest or 0)
+    guard = nonfinite.NonFiniteGuard.from_config(tc, resumed.get("nonfinite"))
 
     # Loop.
     # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
@@ -398,9 +435,10 @@ def _train_and_evaluate(
         log.info("training set held on the devices (%d captions)", len(train_table))
     else:
         train_step = jit_train_step(pure_step, mesh)
-    metrics_log = MetricsLog(workdir, enabled=primary)
     step = int(sharding.to_host(state.step))
-    window: list[dict] = []
+    window: list[dict] = metrics_log_lib.window_from_json(resumed.get("log_window"))
+    pending: list[jax.Array] = []  # the last steps' finite flags, not yet read by the guard
+    last_saved = latest
     window_start = time.time()
     bar = tqdm(
         total=tc.num_steps,
@@ -410,6 +448,7 @@ def _train_and_evaluate(
         unit="step",
         dynamic_ncols=True,
     )
+    stop.defer(True)  # from here a first SIGINT / SIGTERM finishes the step, saves, stops
     while step < tc.num_steps:
         if device_data is not None:
             indices = batch_indices(
@@ -434,6 +473,13 @@ def _train_and_evaluate(
         step += 1
         bar.update(1)
         last = step == tc.num_steps
+        pending.append(step_metrics["finite"])
+        stopping = interrupt.agreed(stop, step % tc.log_every == 0)
+        every = (tc.log_every, tc.eval_every, tc.checkpoint_every)
+        if last or stopping or any(step % n == 0 for n in every):
+            # The host is about to read the state: first the non-finite guard.
+            guard.check(_step_flags(sharding.to_host(pending), step), last_saved)
+            pending = []
         if step % tc.log_every == 0 or last:
             summary = _summarise(sharding.to_host(window), time.time() - window_start)
             summary["learning_rate"] = float(schedule(step))
@@ -457,17 +503,35 @@ def _train_and_evaluate(
                 log.warning("step %d: validation perplexity is not finite", step)
             elif val["perplexity"] < best_val:
                 best_val, is_best = val["perplexity"], True
-        if step % tc.checkpoint_every == 0 or last or is_best:
+        save = step % tc.checkpoint_every == 0 or last or is_best or stopping
+        if save and guard.in_a_row:  # these parameters just gave a non-finite loss
+            log.warning("step %d: no checkpoint (its update was skipped as non-finite)", step)
+        elif save:
             meta = {
                 "step": step,
                 "data_state": data_state(train_table, step, tc.batch_size, tc.captions_per_image),
                 "best_val_perplexity": best_val,
                 "data": data_summary,
+                # What a resumed run needs to write the same metrics.jsonl as an uninterrupted one.
+                "metrics_rows": metrics_log.rows,
+                "log_window": metrics_log_lib.window_to_json(sharding.to_host(window)),
+                "nonfinite": guard.to_json(),
             }
             if is_best:
                 ckpts.save(step, state.params, None, meta, config_json, vocab_json, best=True)
             ckpts.save(step, state.params, state.checkpoint_extras(), meta, config_json, vocab_json)
+            last_saved = step
+        if stopping:
+            bar.close()
+            saved = os.path.join(workdir, checkpoint.LATEST_DIR, str(last_saved))
+            raise interrupt.Interrupted(
+                stop.signum,
+                f"stopped by {stop.name()} after step {step}; "
+                + (f"checkpoint in {saved}" if last_saved is not None else "no checkpoint yet")
+                + "; run the same command to resume",
+            )
         window_start += time.time() - paused  # tokens per second count training time only
+    stop.defer(False)  # nothing left to save: a signal stops the final evaluation at once
     bar.close()
 
     # Final evaluation, on the best checkpoint.
@@ -502,6 +566,40 @@ def _train_and_evaluate(
     if primary:
         files.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def check_one_batch(table: CaptionTable, train_config: ConfigDict) -> None:
+    """Raises :class:`MrnnError` when the training split cannot fill one batch."""
+    per_batch = images_per_batch(train_config.batch_size, train_config.captions_per_image)
+    if batches_per_epoch(table, train_config.batch_size, train_config.captions_per_image) == 0:
+        raise MrnnError(
+            f"the training split has {len(table.counts)} images with captions, fewer than one "
+            f"batch needs ({per_batch}: train.batch_size={train_config.batch_size} / "
+            f"train.captions_per_image={train_config.captions_per_image}); lower train.batch_size"
+        )
+
+
+def _finished(workdir: str, step: int, results_path: str) -> dict | None:
+    """The results of a run that already ran to its last step (None if unreadable)."""
+    try:
+        with open(results_path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    log.info(
+        "%s: finished at step %d already; nothing to do (results: %s; raise train.num_steps "
+        "to train on, or delete results.json to evaluate again)",
+        workdir,
+        step,
+        results_path,
+    )
+    return results
+
+
+def _step_flags(flags: list, step: int) -> list[tuple[int, bool]]:
+    """``(step, finite)`` of the steps up to ``step`` whose finite flags are ``flags``."""
+    first = step - len(flags) + 1
+    return [(first + i, bool(f)) for i, f in enumerate(flags)]
 
 
 def _abstract(tree: Any) -> Any:

@@ -7,6 +7,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Iterable
 
@@ -76,10 +77,25 @@ def validate(config: ConfigDict) -> None:
     for key in ("batch_size", "num_steps", "captions_per_image", "log_every", "eval_every"):
         if config.train[key] < 1:
             raise MrnnError(f"train.{key} must be positive, got {config.train[key]}")
-    if config.train.checkpoint_every < 1:
+    for key in ("checkpoint_every", "max_checkpoints", "max_nonfinite_steps"):
+        if key in config.train and config.train[key] < 1:
+            raise MrnnError(f"train.{key} must be at least 1, got {config.train[key]}")
+    learning_rate = config.train.learning_rate
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise MrnnError(f"train.learning_rate must be positive and finite, got {learning_rate}")
+    if config.train.get("on_nonfinite", "skip") not in ("skip", "stop"):
+        raise MrnnError(f"train.on_nonfinite={config.train.on_nonfinite!r}: choose skip or stop")
+    if config.train.warmup_steps < 0:
+        raise MrnnError(f"train.warmup_steps must be 0 or more, got {config.train.warmup_steps}")
+    if not (math.isfinite(config.train.grad_clip_norm) and config.train.grad_clip_norm > 0):
         raise MrnnError(
-            f"train.checkpoint_every must be positive, got {config.train.checkpoint_every}"
+            f"train.grad_clip_norm must be positive and finite, got {config.train.grad_clip_norm}"
         )
+    if config.dataset.max_words < 1:
+        raise MrnnError(f"dataset.max_words must be at least 1, got {config.dataset.max_words}")
+    for key in ("batch_size", "max_decode_words"):
+        if config.eval[key] < 1:
+            raise MrnnError(f"eval.{key} must be positive, got {config.eval[key]}")
 
 
 def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:

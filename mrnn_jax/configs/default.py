@@ -117,6 +117,12 @@ def get_config() -> ConfigDict:
     c.train.eval_every = 2000
     c.train.checkpoint_every = 2000
     c.train.max_checkpoints = 2
+    # A step whose loss or gradients are NaN or Inf never changes the parameters (nor reaches
+    # a checkpoint). "skip": skip its update and count it, and stop the run after
+    # max_nonfinite_steps such steps in a row; "stop": stop at the first. Our choice: skip,
+    # 10 (one bad batch is survivable; ten in a row is divergence: lower the learning rate).
+    c.train.on_nonfinite = "skip"
+    c.train.max_nonfinite_steps = 10
 
     c.eval = ConfigDict()
     c.eval.batch_size = 256
