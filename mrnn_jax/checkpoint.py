@@ -230,6 +230,18 @@ def remove_temporary(directory: str) -> None:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax's own logging (absl) of a failed write silenced: the error is raised to us,
+    and the command line reports it in one line. After a failure it stays silenced, since
+    orbax's worker threads go on logging the same error until the process exits."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
 def _disk_error(error: BaseException) -> bool:
     chain = [error]
     while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
@@ -327,7 +339,8 @@ class RunCheckpoints:
                 "finite checkpoint"
             )
         try:
-            self._save(manager, step, params, train_state, meta, config, vocab, best)
+            with _quiet_orbax():  # its worker threads log a failed write's traceback
+                self._save(manager, step, params, train_state, meta, config, vocab, best)
         except Exception as e:
             if not _disk_error(e):
                 raise
