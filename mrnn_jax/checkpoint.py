@@ -131,7 +131,7 @@ def move_aside(directory: str, step: int, reason: str, move: bool = True) -> Non
     ``moved_aside/`` beside ``directory`` (kept, never deleted); with ``move`` False, or
     where moving fails, only warns."""
     source = os.path.join(directory, str(step))
-    where = ""
+    where = "; left in place while a trainer holds the work directory"
     if move:
         base = os.path.join(os.path.dirname(directory), ASIDE_DIR)
         target = os.path.join(base, f"{os.path.basename(directory)}-{step}")
@@ -396,6 +396,7 @@ class RunCheckpoints:
     def close_quietly(self) -> None:
         """:meth:`close` on the way out of a failed run: errors of pending writes (their
         temporary folders are removed at the next start) are not raised."""
+        logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads' last words
         with contextlib.suppress(Exception):
             self.close()
 

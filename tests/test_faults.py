@@ -196,6 +196,7 @@ def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(tm
 
 
 def test_second_signal_stops_at_once_first_only_asks():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with interrupt.handle_signals() as stop:
         stop.defer(True)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -206,7 +207,7 @@ def test_second_signal_stops_at_once_first_only_asks():
         with pytest.raises(interrupt.Interrupted) as raised:
             os.kill(os.getpid(), signal.SIGTERM)
         assert raised.value.signum == signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 # --- damaged, partial and empty step folders ---------------------------------------------
@@ -249,6 +250,24 @@ def test_damaged_partial_and_empty_steps_fall_back_to_the_next_intact(tiny_run, 
     _assert_same_params(resumed, tiny_run, "latest")
     _assert_same_params(resumed, tiny_run, "best")
     assert _rows(resumed) == _rows(tiny_run)
+
+
+def test_readers_leave_a_damaged_step_in_place_while_a_trainer_runs(tiny_run, tmp_path, mrnn_log):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    newest, older = _saved_steps(workdir)[-2:][::-1]
+    _truncate_largest(os.path.join(workdir, "checkpoints", str(newest), "params"))
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": socket.gethostname(), "pid": trainer.pid, "started": time.time()}
+        with open(os.path.join(workdir, "lock"), "w") as f:
+            json.dump(record, f)
+        assert mrnn_jax.load(workdir, "latest").step == older
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert _saved_steps(workdir)[-1] == newest
+    assert any("left in place while a trainer holds" in m for m in _messages(mrnn_log))
 
 
 def test_damaged_best_falls_back_and_nothing_intact_is_one_line(
