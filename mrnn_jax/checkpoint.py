@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ def verify_step(step_dir: str, items: Sequence[str]) -> dict:
             else:
                 found[item] = _array_tree(path)
     except Exception as e:  # orbax and TensorStore raise many types for damaged files
+        _drop_orbax_leftovers()
         raise UnusableCheckpoint(_short(e)) from e
     if "params" in found and not _all_finite(found["params"]):
         raise UnusableCheckpoint("its parameters are not finite (the run diverged)")
@@ -228,6 +230,24 @@ def remove_temporary(directory: str) -> None:
     for name in os.listdir(directory):
         if TMP_MARK in name:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _drop_orbax_leftovers() -> None:
+    """After a failed read or write, orbax's abandoned coroutines report "Event loop is
+    closed" as unraisable exceptions (tracebacks on stderr, at exit): those alone are
+    dropped; every other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_mrnn_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+            return
+        previous(unraisable)
+
+    hook._mrnn_quiet = True
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
@@ -342,6 +362,7 @@ class RunCheckpoints:
             with _quiet_orbax():  # its worker threads log a failed write's traceback
                 self._save(manager, step, params, train_state, meta, config, vocab, best)
         except Exception as e:
+            _drop_orbax_leftovers()
             if not _disk_error(e):
                 raise
             remove_temporary(str(manager.directory))
@@ -397,6 +418,7 @@ class RunCheckpoints:
         """:meth:`close` on the way out of a failed run: errors of pending writes (their
         temporary folders are removed at the next start) are not raised."""
         logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads' last words
+        _drop_orbax_leftovers()
         with contextlib.suppress(Exception):
             self.close()
 
