@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ def verify_step(step_dir: str, items: Sequence[str]) -> dict:
             else:
                 found[item] = _array_tree(path)
     except Exception as e:  # orbax and TensorStore raise many types for damaged files
+        _drop_orbax_leftovers()
         raise UnusableCheckpoint(_short(e)) from e
     if "params" in found and not _all_finite(found["params"]):
         raise UnusableCheckpoint("its parameters are not finite (the run diverged)")
@@ -131,7 +133,7 @@ def move_aside(directory: str, step: int, reason: str, move: bool = True) -> Non
     ``moved_aside/`` beside ``directory`` (kept, never deleted); with ``move`` False, or
     where moving fails, only warns."""
     source = os.path.join(directory, str(step))
-    where = ""
+    where = "; left in place while a trainer holds the work directory"
     if move:
         base = os.path.join(os.path.dirname(directory), ASIDE_DIR)
         target = os.path.join(base, f"{os.path.basename(directory)}-{step}")
@@ -228,6 +230,36 @@ def remove_temporary(directory: str) -> None:
     for name in os.listdir(directory):
         if TMP_MARK in name:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _drop_orbax_leftovers() -> None:
+    """After a failed read or write, orbax's abandoned coroutines report "Event loop is
+    closed" as unraisable exceptions (tracebacks on stderr, at exit): those alone are
+    dropped; every other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_mrnn_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+            return
+        previous(unraisable)
+
+    hook._mrnn_quiet = True
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax's own logging (absl) of a failed write silenced: the error is raised to us,
+    and the command line reports it in one line. After a failure it stays silenced, since
+    orbax's worker threads go on logging the same error until the process exits."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
 
 
 def _disk_error(error: BaseException) -> bool:
@@ -327,8 +359,10 @@ class RunCheckpoints:
                 "finite checkpoint"
             )
         try:
-            self._save(manager, step, params, train_state, meta, config, vocab, best)
+            with _quiet_orbax():  # its worker threads log a failed write's traceback
+                self._save(manager, step, params, train_state, meta, config, vocab, best)
         except Exception as e:
+            _drop_orbax_leftovers()
             if not _disk_error(e):
                 raise
             remove_temporary(str(manager.directory))
@@ -383,6 +417,8 @@ class RunCheckpoints:
     def close_quietly(self) -> None:
         """:meth:`close` on the way out of a failed run: errors of pending writes (their
         temporary folders are removed at the next start) are not raised."""
+        logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads' last words
+        _drop_orbax_leftovers()
         with contextlib.suppress(Exception):
             self.close()
 

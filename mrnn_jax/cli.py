@@ -20,8 +20,11 @@ from mrnn_jax.interrupt import Interrupted
 EPILOG_TRAIN = """\
 Overrides are KEY=VALUE pairs naming any config value, for example
   mrnn train --config shapes --workdir runs/s train.num_steps=500 model.dropout_rate=0.2
-Running again with the same --workdir resumes from its latest checkpoint; changing values that
-shape the model (model.*, encoder.*) is refused, changing schedule values is allowed and logged.
+Running again with the same --workdir resumes from its latest intact checkpoint; changing values
+that shape the model (model.*, encoder.*) is refused, changing schedule values is allowed and
+logged. Ctrl-C or SIGTERM finishes the step, saves it and exits (130 / 143; a second Ctrl-C
+stops at once). A second trainer on the same --workdir is refused. See the README's "What
+happens when things go wrong".
 """
 
 

@@ -130,7 +130,8 @@ def evaluate_split(
     result = split_perplexity(model, params, table, data.inputs, batch_size, mesh)
     options = decode.DecodeOptions(strategy="greedy", max_words=decode_words)
     generated = generate_captions(model, params, data.inputs, vocab, options, batch_size, mesh)
-    captions = [candidates[0][0] for candidates in generated]
+    # An image whose every caption scores NaN (a diverged model) gets an empty caption.
+    captions = [candidates[0][0] if candidates else "" for candidates in generated]
     result["num_images"] = len(data.records)
     if data.scenes is not None:
         result["phrase_accuracy"] = shapes_phrase_accuracy(captions, data.scenes)
@@ -187,7 +188,10 @@ def evaluate_captioning(
         model, params, data.inputs, vocab, options, batch_size, mesh, progress=progress
     )
     image_ids = [record.image_id for record in data.records]
-    hypotheses = {i: candidates[0][0] for i, candidates in zip(image_ids, generated, strict=True)}
+    hypotheses = {
+        i: candidates[0][0] if candidates else ""
+        for i, candidates in zip(image_ids, generated, strict=True)
+    }
     references = {record.image_id: list(record.captions) for record in data.records}
     scores = caption_metrics.score_captions(hypotheses, references)
     metrics: dict[str, float | None] = {"perplexity": perplexity, **scores.corpus}

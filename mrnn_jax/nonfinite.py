@@ -64,9 +64,12 @@ class NonFiniteGuard:
             limit = 1 if self.policy == "stop" else self.limit
             if self.in_a_row >= limit:
                 where = (
-                    f"the last checkpoint (step {last_saved}) holds the last finite parameters"
+                    f"the last checkpoint (step {last_saved}) holds the last finite "
+                    "parameters: run again with a lower train.learning_rate (now "
+                    f"{self.learning_rate:g}) to resume from it"
                     if last_saved is not None
-                    else "no checkpoint was saved"
+                    else "no checkpoint was saved: run again with a lower "
+                    f"train.learning_rate (now {self.learning_rate:g}) to start over"
                 )
                 what = (
                     "not finite"
@@ -75,9 +78,7 @@ class NonFiniteGuard:
                 )
                 raise MrnnError(
                     f"step {step}: the loss or the gradients are {what} (train.on_nonfinite="
-                    f"{self.policy}, train.max_nonfinite_steps={self.limit}); {where}: "
-                    f"run again with a lower train.learning_rate (now {self.learning_rate:g}) "
-                    "to resume from it"
+                    f"{self.policy}, train.max_nonfinite_steps={self.limit}); {where}"
                 )
         if bad:
             log.warning(

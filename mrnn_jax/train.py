@@ -501,7 +501,7 @@ def _train_and_evaluate(
                 bar.write(f"step {step}: validation perplexity {val['perplexity']:.3f}")
             if not math.isfinite(val["perplexity"]):
                 log.warning("step %d: validation perplexity is not finite", step)
-            elif val["perplexity"] < best_val:
+            elif val["perplexity"] < best_val and not guard.in_a_row:  # (else unsaved)
                 best_val, is_best = val["perplexity"], True
         save = step % tc.checkpoint_every == 0 or last or is_best or stopping
         if save and guard.in_a_row:  # these parameters just gave a non-finite loss

@@ -1,125 +1,17 @@
-"""Training: exact resume after SIGKILL, mesh equivalence, workdir checks, the training step."""
+"""Training: mesh equivalence, workdir checks, the training step (exact resume after kill -9,
+SIGINT and SIGTERM: tests/test_faults.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import signal
-import subprocess
-import sys
-import time
 
-import jax
-import numpy as np
 import pytest
 
 from mrnn_jax import configs
 from mrnn_jax.captioner import load
 from mrnn_jax.errors import MrnnError
-from tests.conftest import REPO, run_mrnn, run_python, subprocess_env
-
-TRAIN_ARGS = ["train", "--config", "tiny", "--no-progress", "train.num_steps=60"]
-
-
-def _params(workdir: str) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(load(workdir, "latest").params)]
-
-
-def _start(workdir: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mrnn_jax", *TRAIN_ARGS, "--workdir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=subprocess_env(),
-        cwd=REPO,
-    )
-
-
-def _saved_steps(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-
-
-def _saving_now(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(
-        ".orbax-checkpoint-tmp" in d for d in os.listdir(directory)
-    )
-
-
-def _best_ahead_of_latest(workdir: str) -> bool:
-    """A best checkpoint exists for a step whose latest checkpoint is not written yet."""
-    directory = os.path.join(workdir, "best")
-    if not os.path.isdir(directory):
-        return False
-    best = [int(d) for d in os.listdir(directory) if d.isdigit()]
-    return bool(best) and max(best) > max(_saved_steps(workdir), default=0)
-
-
-def _kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> bool:
-    """SIGKILLs ``process`` as soon as ``condition()`` holds; False if it finished first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.0005)
-    process.kill()
-    raise AssertionError("training made no progress")
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
-    reference = str(tmp_path / "reference")
-    result = run_mrnn(*TRAIN_ARGS, "--workdir", reference)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    workdir = str(tmp_path / "killed")
-    rng = random.Random(1234)
-    kills = 0
-    kinds = []
-    # Kill at random moments after a random number of checkpoints, once in the middle of
-    # writing a checkpoint (an orbax temporary directory exists), and once between writing the
-    # best checkpoint of a step and its latest checkpoint; then let the run finish.
-    plans = ["random", "during_save", "between_best_and_latest", "random"]
-    for plan in plans:
-        process = _start(workdir)
-        before = max(_saved_steps(workdir), default=0)
-        if plan == "during_save":
-            condition = lambda: _saving_now(workdir)  # noqa: B023
-        elif plan == "between_best_and_latest":
-            condition = lambda: _best_ahead_of_latest(workdir)  # noqa: B023
-        else:
-            target = before + 5 * rng.randint(1, 2)
-            delay = rng.uniform(0.0, 0.3)
-            reached = {}
-
-            def condition(target=target, delay=delay, reached=reached):
-                if max(_saved_steps(workdir), default=0) >= target:
-                    reached.setdefault("at", time.time())
-                    return time.time() - reached["at"] >= delay
-                return False
-
-        if _kill_when(process, condition):
-            kills += 1
-            kinds.append(plan)
-    assert kills >= 3 and "during_save" in kinds, kinds
-    assert "between_best_and_latest" in kinds, kinds
-
-    final = run_mrnn(*TRAIN_ARGS, "--workdir", workdir)
-    assert final.returncode == 0, final.stderr[-3000:]
-    assert "resumed from" in final.stderr
-    ours, theirs = _params(workdir), _params(reference)
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs, strict=True):
-        assert a.dtype == b.dtype and np.array_equal(a, b)
-
+from tests.conftest import run_mrnn, run_python, subprocess_env
 
 MESH_SCRIPT = """
 import jax, numpy as np

@@ -1,0 +1,543 @@
+"""Fault injection: every way a long run goes wrong, done for real, against an uninterrupted run.
+
+kill -9 at random moments (during saves too), SIGINT and SIGTERM, damaged / partial / empty
+step folders, a second trainer, a diverging learning rate, a full disk. Each ends in one line
+(no traceback) and loses nothing: resumed to the end, parameters are bit-identical to an
+uninterrupted run and ``metrics.jsonl`` equals its file row for row (the wall-clock values
+``time`` and ``tokens_per_second`` aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import pytest
+
+import mrnn_jax
+from mrnn_jax import checkpoint, cli, configs, interrupt, metrics_log, train
+from mrnn_jax.errors import MrnnError
+from mrnn_jax.workdir import WorkdirLock, read_holder
+from tests.conftest import REPO, run_mrnn, subprocess_env
+
+TRAIN_ARGS = ["train", "--config", "tiny", "--no-progress", "train.num_steps=60"]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mrnn_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` attached to the ``mrnn_jax`` logger (the command line stops propagation)."""
+    logger = logging.getLogger("mrnn_jax")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="mrnn_jax")
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def _messages(caplog: pytest.LogCaptureFixture, part: str = "") -> list[str]:
+    """The ``mrnn_jax`` log messages containing ``part``, each once (the handler may see a
+    record twice: on the logger and through propagation)."""
+    seen = []
+    for r in caplog.records:
+        if r.name == "mrnn_jax" and part in r.getMessage() and r.getMessage() not in seen:
+            seen.append(r.getMessage())
+    return seen
+
+
+def _params(workdir: str, which: str = "latest") -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(mrnn_jax.load(workdir, which).params)]
+
+
+def _assert_same_params(a: str, b: str, which: str = "latest") -> None:
+    ours, theirs = _params(a, which), _params(b, which)
+    assert len(ours) == len(theirs)
+    for x, y in zip(ours, theirs, strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def _rows(workdir: str) -> list[dict]:
+    """metrics.jsonl without the values that measure the wall clock."""
+    rows = metrics_log.read_rows(os.path.join(workdir, metrics_log.METRICS_FILE))
+    return [{k: v for k, v in r.items() if k not in metrics_log.TIMING_KEYS} for r in rows]
+
+
+def _start(workdir: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mrnn_jax", *TRAIN_ARGS, "--workdir", workdir, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
+
+
+def _saved_steps(workdir: str, sub: str = "checkpoints") -> list[int]:
+    directory = os.path.join(workdir, sub)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def _saving_now(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(checkpoint.TMP_MARK in d for d in os.listdir(directory))
+
+
+def _best_ahead_of_latest(workdir: str) -> bool:
+    best = _saved_steps(workdir, "best")
+    return bool(best) and max(best) > max(_saved_steps(workdir), default=0)
+
+
+def _signal_when(process: subprocess.Popen, condition, signum: int, timeout: float = 180) -> bool:
+    """Sends ``signum`` to ``process`` as soon as ``condition()`` holds; False if the process
+    ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            process.send_signal(signum)
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.0005)
+    process.kill()
+    raise AssertionError("training made no progress")
+
+
+def _after_new_checkpoint(workdir: str, rng: random.Random):
+    """A condition: a checkpoint 5 or 10 steps past the newest one exists, plus 0-0.3 s."""
+    target = max(_saved_steps(workdir), default=0) + 5 * rng.randint(1, 2)
+    delay, reached = rng.uniform(0.0, 0.3), {}
+
+    def condition() -> bool:
+        if max(_saved_steps(workdir), default=0) >= target:
+            reached.setdefault("at", time.time())
+            return time.time() - reached["at"] >= delay
+        return False
+
+    return condition
+
+
+def _one_line(stderr: str, prefix: str = "mrnn: error:") -> str:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+# --- kill -9, SIGINT, SIGTERM ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(tmp_path):
+    reference = str(tmp_path / "reference")
+    result = run_mrnn(*TRAIN_ARGS, "--workdir", reference)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    workdir = str(tmp_path / "faulty")
+    rng = random.Random(1234)
+    kinds = []
+    # Five kill -9: at random moments after a random number of checkpoints, once while a
+    # checkpoint is being written (an orbax temporary folder exists), once between the best
+    # checkpoint of a step and its latest checkpoint.
+    for plan in ["random", "during_save", "between_best_and_latest", "random", "random"]:
+        process = _start(workdir)
+        if plan == "during_save":
+            condition = lambda: _saving_now(workdir)  # noqa: B023
+        elif plan == "between_best_and_latest":
+            condition = lambda: _best_ahead_of_latest(workdir)  # noqa: B023
+        else:
+            condition = _after_new_checkpoint(workdir, rng)
+        if _signal_when(process, condition, signal.SIGKILL):
+            kinds.append(plan)
+        process.communicate()
+    assert len(kinds) == 5, kinds
+
+    # Then SIGINT and SIGTERM: each finishes its step, saves it and exits with one line.
+    for signum, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        process = _start(workdir)
+        assert _signal_when(process, _after_new_checkpoint(workdir, rng), signum)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == status, stderr[-3000:]
+        line = _one_line(stderr, "mrnn: stopped by")
+        step = int(line.split("after step ")[1].split(";")[0])
+        assert f"checkpoint in {os.path.join(workdir, 'checkpoints', str(step))}" in line
+        assert max(_saved_steps(workdir)) == step
+        assert not _saving_now(workdir)
+
+    final = run_mrnn(*TRAIN_ARGS, "--workdir", workdir)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "resumed from" in final.stderr
+    _assert_same_params(workdir, reference, "latest")
+    _assert_same_params(workdir, reference, "best")
+    assert _rows(workdir) == _rows(reference)
+    with (
+        open(os.path.join(workdir, "results.json")) as f,
+        open(os.path.join(reference, "results.json")) as g,
+    ):
+        assert json.load(f)["splits"] == json.load(g)["splits"]
+
+
+def test_second_signal_stops_at_once_first_only_asks():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with interrupt.handle_signals() as stop:
+        stop.defer(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.name() == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with interrupt.handle_signals() as stop:  # outside the loop: nothing to save, stop now
+        with pytest.raises(interrupt.Interrupted) as raised:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert raised.value.signum == signal.SIGTERM
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+# --- damaged, partial and empty step folders ---------------------------------------------
+
+
+def _truncate_largest(directory: str) -> str:
+    files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(10)
+    return largest
+
+
+def test_damaged_partial_and_empty_steps_fall_back_to_the_next_intact(tiny_run, tmp_path, mrnn_log):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    steps = _saved_steps(workdir)
+    newest, older = steps[-1], steps[-2]
+    _truncate_largest(os.path.join(workdir, "checkpoints", str(newest), "params"))
+    os.makedirs(os.path.join(workdir, "checkpoints", str(newest + 100)))  # empty
+    captioner = mrnn_jax.load(workdir, "latest")
+    assert captioner.step == older
+    warnings = _messages(mrnn_log, "unusable")
+    assert len(warnings) == 2, warnings
+    assert "an empty folder" in warnings[0] and "OUT_OF_RANGE" in warnings[1]
+    aside = os.path.join(workdir, checkpoint.ASIDE_DIR)
+    assert sorted(os.listdir(aside)) == [f"checkpoints-{newest + 100}", f"checkpoints-{newest}"]
+    assert _saved_steps(workdir) == [older]
+
+    # A deleted item of the newest step: resuming takes the step below and trains the rest
+    # again, to the same parameters as the undamaged run.
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(tiny_run, resumed)
+    os.remove(os.path.join(resumed, "checkpoints", str(newest), "meta", "metadata"))
+    result = run_mrnn("train", "--config", "tiny", "--workdir", resumed, "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"checkpoints/{newest}: checkpoint unusable" in result.stderr
+    assert f"resumed from {os.path.join(resumed, 'checkpoints')} at step {older}" in result.stderr
+    _assert_same_params(resumed, tiny_run, "latest")
+    _assert_same_params(resumed, tiny_run, "best")
+    assert _rows(resumed) == _rows(tiny_run)
+
+
+def test_readers_leave_a_damaged_step_in_place_while_a_trainer_runs(tiny_run, tmp_path, mrnn_log):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    newest, older = _saved_steps(workdir)[-2:][::-1]
+    _truncate_largest(os.path.join(workdir, "checkpoints", str(newest), "params"))
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": socket.gethostname(), "pid": trainer.pid, "started": time.time()}
+        with open(os.path.join(workdir, "lock"), "w") as f:
+            json.dump(record, f)
+        assert mrnn_jax.load(workdir, "latest").step == older
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert _saved_steps(workdir)[-1] == newest
+    assert any("left in place while a trainer holds" in m for m in _messages(mrnn_log))
+
+
+def test_damaged_best_falls_back_and_nothing_intact_is_one_line(
+    tiny_run, tmp_path, mrnn_log, capsys
+):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    [best] = _saved_steps(workdir, "best")
+    _truncate_largest(os.path.join(workdir, "best", str(best), "params"))
+    assert mrnn_jax.load(workdir).step == max(_saved_steps(workdir))
+    assert any("has no best checkpoint" in r.getMessage() for r in mrnn_log.records)
+    for step in _saved_steps(workdir):
+        _truncate_largest(os.path.join(workdir, "checkpoints", str(step), "params"))
+    image = os.path.join(REPO, "tests", "data", "tiny_checkpoint", "sample.png")
+    for command in (
+        ["caption", "--checkpoint", workdir, image],
+        ["evaluate", "--checkpoint", workdir],
+    ):
+        assert cli.main(command) == 2
+        error = capsys.readouterr().err
+        line = _one_line(error)
+        assert f"{workdir}: no intact checkpoint" in line or "no checkpoint found" in line
+    assert len(os.listdir(os.path.join(workdir, checkpoint.ASIDE_DIR))) == 1 + len(
+        _saved_steps(tiny_run)
+    )
+
+
+def test_non_finite_checkpoint_is_never_used(tiny_run, tmp_path, capsys):
+    """A run written with NaN parameters (as older versions could): one line, exit 2."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    for sub in ("best", "checkpoints"):
+        shutil.rmtree(os.path.join(workdir, sub))
+    good = mrnn_jax.load(tiny_run)
+    nan_params = jax.tree.map(lambda x: np.full(x.shape, np.nan, x.dtype), good.params)
+    ckpts = checkpoint.RunCheckpoints(workdir)
+    meta = {"step": 20}
+    config, vocab = configs.to_json(good.config), good.vocab.to_json()
+    with pytest.raises(MrnnError, match="not finite"):
+        ckpts.save(20, nan_params, None, meta, config, vocab, best=True)
+    ckpts._save(ckpts.best, 20, nan_params, None, meta, config, vocab, True)  # bypass the guard
+    ckpts.close()
+    image = os.path.join(REPO, "tests", "data", "tiny_checkpoint", "sample.png")
+    assert cli.main(["caption", "--checkpoint", workdir, image]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no intact checkpoint" in _one_line(captured.err)
+
+
+def test_vocabulary_that_disagrees_with_the_parameters_is_one_line(tiny_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    [best] = _saved_steps(workdir, "best")
+    path = os.path.join(workdir, "best", str(best), "vocab", "metadata")
+    with open(path) as f:
+        vocab = json.load(f)
+    vocab["words"].append("zebra")
+    if "counts" in vocab:
+        vocab["counts"].append(5)
+    with open(path, "w") as f:
+        json.dump(vocab, f)
+    with pytest.raises(MrnnError, match="parameters disagree with the checkpoint's config"):
+        mrnn_jax.load(workdir)
+
+
+# --- a finished run, metrics.jsonl --------------------------------------------------------
+
+
+def test_finished_run_run_again_appends_nothing(tiny_run, tmp_path, mrnn_log):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    path = os.path.join(workdir, metrics_log.METRICS_FILE)
+    with open(path, "rb") as f:
+        before = f.read()
+    results = train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    with open(os.path.join(tiny_run, "results.json")) as f:
+        assert results["best_step"] == json.load(f)["best_step"]
+    with open(path, "rb") as f:
+        assert f.read() == before
+    assert any("finished at step 20 already" in r.getMessage() for r in mrnn_log.records)
+
+
+def test_metrics_log_cut_back_to_the_checkpoint_rows(tmp_path):
+    log = metrics_log.MetricsLog(str(tmp_path))
+    for step in (5, 10, 15):
+        log.write(step, "train", {"loss": step})
+    with open(log.path, "a") as f:
+        f.write('{"step": 20, "spl')  # a row cut short by a kill
+    again = metrics_log.MetricsLog(str(tmp_path))
+    again.start(2, 10)
+    assert [r["step"] for r in metrics_log.read_rows(log.path)] == [5, 10]
+    again.write(15, "train", {"loss": 1})
+    assert [r["step"] for r in metrics_log.read_rows(log.path)] == [5, 10, 15]
+    assert again.rows == 3
+    fresh = metrics_log.MetricsLog(str(tmp_path))
+    fresh.start(0, 0)
+    assert metrics_log.read_rows(log.path) == []
+
+
+# --- a second trainer --------------------------------------------------------------------
+
+
+def test_second_trainer_is_refused_naming_the_holder(tmp_path):
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    lock = WorkdirLock(workdir)
+    lock.acquire()  # this test process is the first trainer
+    try:
+        result = run_mrnn("train", "--config", "tiny", "--workdir", workdir, "--no-progress")
+        assert result.returncode == 2
+        line = _one_line(result.stderr)
+        assert "is in use by another trainer" in line
+        assert f"pid {os.getpid()} on host {socket.gethostname()}, started " in line
+        assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    finally:
+        lock.release()
+    assert read_holder(workdir) is None
+
+
+def test_lock_of_a_dead_process_is_taken_over_other_hosts_honoured(tmp_path, mrnn_log):
+    workdir = str(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record = {"host": socket.gethostname(), "pid": dead.pid, "started": time.time() - 60}
+    with open(os.path.join(workdir, "lock"), "w") as f:
+        json.dump(record, f)  # what a kill -9 leaves
+    lock = WorkdirLock(workdir)
+    lock.acquire()
+    assert read_holder(workdir)["pid"] == os.getpid()
+    assert any(
+        f"taking over the lock left by pid {dead.pid}" in r.getMessage() for r in mrnn_log.records
+    )
+    lock.release()
+    with open(os.path.join(workdir, "lock"), "w") as f:
+        json.dump({**record, "host": "elsewhere"}, f)
+    with pytest.raises(MrnnError, match="which this host cannot check; if that run is gone"):
+        WorkdirLock(workdir).acquire()
+
+
+# --- divergence --------------------------------------------------------------------------
+
+
+def test_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_lower(tmp_path, mrnn_log):
+    workdir = str(tmp_path / "run")
+    base = ["train.num_steps=30", "eval.splits=()"]
+    train.train_and_evaluate(
+        configs.load_config("tiny", ["train.num_steps=10", "eval.splits=()"]),
+        workdir,
+        progress=False,
+    )
+    with pytest.raises(MrnnError) as raised:
+        train.train_and_evaluate(
+            configs.load_config("tiny", [*base, "train.learning_rate=1e4"]),
+            workdir,
+            progress=False,
+        )
+    message = str(raised.value)
+    assert "not finite for 10 steps in a row" in message and "\n" not in message
+    assert "the last checkpoint (step 10)" in message and "lower train.learning_rate" in message
+    assert _saved_steps(workdir) == [5, 10]  # nothing saved after the divergence
+    assert any("update skipped" in r.getMessage() for r in mrnn_log.records)
+    for leaf in _params(workdir):
+        assert np.isfinite(leaf).all()
+
+    mrnn_log.clear()
+    results = train.train_and_evaluate(configs.load_config("tiny", base), workdir, progress=False)
+    assert any(
+        "at step 10" in r.getMessage() for r in mrnn_log.records if "resumed" in r.getMessage()
+    )
+    assert np.isfinite(results["best_val_perplexity"])
+    assert max(_saved_steps(workdir)) == 30
+
+    # The stop policy stops at the first non-finite step.
+    with pytest.raises(MrnnError, match=r"step 3[1-9]: the loss or the gradients are not finite"):
+        train.train_and_evaluate(
+            configs.load_config(
+                "tiny",
+                [
+                    "train.num_steps=40",
+                    "eval.splits=()",
+                    "train.learning_rate=1e4",
+                    "train.on_nonfinite=stop",
+                ],
+            ),
+            workdir,
+            progress=False,
+        )
+
+
+# --- a full disk -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _small_tmpfs(path: str, size: str = "800k") -> Iterator[bool]:
+    os.makedirs(path)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        yield False
+        return
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path]).returncode
+        == 0
+    )
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", path])
+
+
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    workdir = str(tmp_path / "disk")
+    with _small_tmpfs(workdir) as mounted:
+        if mounted:  # root: an 800 KiB file system, full after a few checkpoints
+            result = run_mrnn("train", "--config", "tiny", "--workdir", workdir, "--no-progress")
+            stderr, status = result.stderr, result.returncode
+        else:  # not root: a checkpoint writer that finds the disk full
+            import orbax.checkpoint as ocp
+
+            def full(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+            status = cli.main(["train", "--config", "tiny", "--workdir", workdir, "--no-progress"])
+            stderr = capsys.readouterr().err
+        assert status == 2, stderr[-3000:]
+        line = _one_line(stderr)
+        assert "No space left on device" in line, line
+        leftovers = [
+            os.path.join(r, d)
+            for r, ds, _ in os.walk(workdir)
+            for d in ds
+            if checkpoint.TMP_MARK in d
+        ]
+        assert leftovers == []
+        saved = str(tmp_path / "bigger")
+        shutil.copytree(workdir, saved)  # the disk is replaced: resume there
+    monkeypatch.undo()
+    result = run_mrnn("train", "--config", "tiny", "--workdir", saved, "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_params(saved, tiny_run, "latest")
+    assert _rows(saved) == _rows(tiny_run)
+
+
+# --- plain mistakes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.batch_size=0", "eval.batch_size must be positive, got 0"),
+        ("train.learning_rate=-1", "train.learning_rate must be positive and finite, got -1.0"),
+        ("train.learning_rate=1e999", "train.learning_rate must be positive and finite, got inf"),
+        ("train.max_checkpoints=0", "train.max_checkpoints must be at least 1, got 0"),
+        ("dataset.max_words=0", "dataset.max_words must be at least 1, got 0"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore': choose skip or stop"),
+        ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps must be at least 1, got 0"),
+    ],
+)
+def test_config_values_checked_up_front(override, message):
+    with pytest.raises(MrnnError) as raised:
+        configs.load_config("tiny", [override])
+    assert str(raised.value) == message
+
+
+def test_training_split_smaller_than_a_batch_is_one_line(tmp_path, capsys):
+    status = cli.main(
+        ["train", "--config", "tiny", "--workdir", str(tmp_path), "train.batch_size=400"]
+    )
+    assert status == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "the training split has 64 images with captions, fewer than one batch needs" in line
