@@ -70,15 +70,16 @@ class _BodyTooLarge(Exception):
 
 
 class _BodyLimit:
-    """ASGI middleware: a request body above ``limit`` bytes is answered 413 unread."""
+    """ASGI middleware: a request body above ``limit`` bytes (an upload of ``upload_limit``
+    bytes and its multipart framing) is answered 413, unread."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, upload_limit: int):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"upload larger than the limit of {self.limit / 2**20:g} MiB"
+        message = f"upload larger than the limit of {self.upload_limit / 2**20:g} MiB"
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await JSONResponse({"error": message}, 413)(scope, receive, send)
@@ -140,7 +141,11 @@ def create_app(
         api.search(model, "a", gallery)
 
     app = FastAPI(title="mrnn-jax", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_BodyLimit, limit=limits.max_upload_bytes + 64 * 1024)
+    app.add_middleware(
+        _BodyLimit,
+        limit=limits.max_upload_bytes + 64 * 1024,
+        upload_limit=limits.max_upload_bytes,
+    )
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, error: HTTPException):
