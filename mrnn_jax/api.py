@@ -8,6 +8,7 @@ quick-start notebook all call.
     api.search(model, "a red circle above a blue square", gallery, top=5)
     api.score(model, ["photo.jpg"], ["a red circle", "a blue square"])
     api.retrieval_metrics(model, "test")
+    api.evaluate_captioning(model, "test", strategy="beam", beam_size=3)
 
 Images are given as file paths or arrays: uint8 pixels ``[N, S, S, 3]``, or for a run trained
 on precomputed features, feature rows ``[N, D]`` (pixels too, when the run was loaded with
@@ -24,9 +25,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mrnn_jax import retrieval, retrieval_report
+from mrnn_jax import decode, evaluate, retrieval, retrieval_report
 from mrnn_jax.captioner import Captioner, load
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.files import write_json_atomic
 from mrnn_jax.images import ImageError
 from mrnn_jax.vocab import tokenize
 
@@ -34,10 +36,12 @@ log = logging.getLogger("mrnn_jax")
 
 __all__ = [
     "Caption",
+    "CaptionEvaluation",
     "Gallery",
     "Match",
     "SearchResult",
     "caption",
+    "evaluate_captioning",
     "extraction_images",
     "image_paths",
     "load",
@@ -45,6 +49,7 @@ __all__ = [
     "retrieval_metrics",
     "score",
     "search",
+    "use_data",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -258,6 +263,113 @@ def search(
         matches=[Match(int(i), gallery.names[i], float(scores[i])) for i in order],
         unknown_words=unknown,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionEvaluation:
+    """A captioning evaluation of one split (``mrnn evaluate``).
+
+    Attributes:
+      split: the evaluated split.
+      num_images: how many of its images were captioned.
+      decoding: the decoding options used.
+      metrics: perplexity, BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (None where unavailable)
+        and, on ``shapes``, the share of captions naming the largest object.
+      unavailable: metric -> why it could not be computed.
+      result: everything else: per-image captions, references and scores.
+    """
+
+    split: str
+    num_images: int
+    decoding: decode.DecodeOptions
+    metrics: dict
+    unavailable: dict
+    result: evaluate.CaptioningResult
+
+
+def evaluate_captioning(
+    model: Captioner,
+    split: str = "test",
+    *,
+    strategy: str = "greedy",
+    beam_size: int = 3,
+    num_return: int = 1,
+    max_words: int | None = None,
+    temperature: float = 1.0,
+    length_penalty: float = 0.0,
+    seed: int = 0,
+    max_images: int | None = None,
+    batch_size: int | None = None,
+    json_path: str | None = None,
+    checkpoint: str = "",
+    progress: bool = True,
+) -> CaptionEvaluation:
+    """Perplexity and the coco-caption metrics of captions generated for a split of the
+    run's dataset (decoding as in :func:`caption`; the first ``max_images`` images only if
+    given), also written as JSON to ``json_path`` if given (``checkpoint`` recorded in it)."""
+    options = model.options(
+        strategy=strategy,
+        beam_size=beam_size,
+        num_return=num_return,
+        temperature=temperature,
+        length_penalty=length_penalty,
+        seed=seed,
+        **({} if max_words is None else {"max_words": max_words}),
+    )
+    setup = evaluate.prepare_split_evaluation(model, split, max_images, batch_size)
+    result = evaluate.evaluate_captioning(
+        model.model,
+        setup.params,
+        setup.data,
+        model.vocab,
+        options,
+        max_words=model.config.dataset.max_words,
+        batch_size=setup.batch_size,
+        mesh=setup.mesh,
+        progress=progress,
+    )
+    evaluation = CaptionEvaluation(
+        split=split,
+        num_images=len(setup.data.records),
+        decoding=options,
+        metrics=result.metrics,
+        unavailable=result.unavailable,
+        result=result,
+    )
+    if json_path:
+        write_json_atomic(
+            json_path,
+            {
+                "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+                "step": model.step,
+                "split": split,
+                "num_images": evaluation.num_images,
+                "decoding": dataclasses.asdict(options),
+                "metrics": result.metrics,
+                "unavailable": result.unavailable,
+            },
+        )
+    return evaluation
+
+
+def use_data(
+    model: Captioner,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    features: str | os.PathLike | None = None,
+) -> Captioner:
+    """``model`` evaluated on its dataset at other paths: the dataset's folder ``data_dir``
+    and / or the precomputed ``features`` file (by default, the paths it was trained
+    with). Returns ``model``, its config changed."""
+    from mrnn_jax import configs
+
+    overrides = []
+    if data_dir is not None:
+        overrides.append(f"dataset.data_dir={os.fspath(data_dir)}")
+    if features is not None:
+        overrides.append(f"dataset.features={os.fspath(features)}")
+    configs.apply_overrides(model.config, overrides)
+    return model
 
 
 def retrieval_metrics(

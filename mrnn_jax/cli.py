@@ -6,13 +6,11 @@ Errors in the user's input (files, configs, checkpoints) print one line and exit
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.errors import MrnnError
 
 EPILOG_TRAIN = """\
@@ -152,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
     """The ``serve`` command's options."""
-    from mrnn_jax.server import Limits
+    from mrnn_jax.limits import Limits
 
     limits = Limits()
     serve = sub.add_parser(
@@ -322,11 +320,10 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
 
 def _load_for_data(args: argparse.Namespace):
     """The checkpoint of ``args``, its dataset paths replaced by --data-dir / --features."""
-    from mrnn_jax import configs
+    from mrnn_jax import api
 
     model = _load(args, getattr(args, "compute_dtype", None))
-    configs.apply_overrides(model.config, _data_overrides(args))
-    return model
+    return api.use_data(model, data_dir=args.data_dir, features=args.features)
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -362,12 +359,6 @@ def _decoding(args: argparse.Namespace) -> dict:
     if top != 1:
         raise MrnnError("--top needs --beam or --sample")
     return {**fields, "strategy": "greedy"}
-
-
-def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptions:
-    fields = {k: v for k, v in _decoding(args).items() if v is not None}
-    fields.setdefault("max_words", default_words)
-    return DecodeOptions(**fields)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -409,48 +400,32 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mrnn_jax import evaluate
+    from mrnn_jax import api
 
     model = _load_for_data(args)
-    options = _decode_options(args, model.config.eval.max_decode_words)
-    setup = evaluate.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
-    data = setup.data
-    result = evaluate.evaluate_captioning(
-        model.model,
-        setup.params,
-        data,
-        model.vocab,
-        options,
-        max_words=model.config.dataset.max_words,
-        batch_size=setup.batch_size,
-        mesh=setup.mesh,
+    decoding = {k: v for k, v in _decoding(args).items() if v is not None}
+    evaluation = api.evaluate_captioning(
+        model,
+        args.split,
+        **decoding,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        json_path=args.json,
+        checkpoint=args.checkpoint,
         progress=not args.no_progress,
     )
+    options = evaluation.decoding
     print(
-        f"{args.split} ({len(data.records)} images, {options.strategy}"
+        f"{args.split} ({evaluation.num_images} images, {options.strategy}"
         + (f" K={options.beam_size}" if options.strategy == "beam" else "")
         + "):"
     )
-    for name, value in result.metrics.items():
+    for name, value in evaluation.metrics.items():
         shown = "n/a" if value is None else f"{value:.4f}"
         print(f"  {name:22s} {shown}")
-    for name, reason in result.unavailable.items():
+    for name, reason in evaluation.unavailable.items():
         print(f"  {name}: not computed ({reason})")
     if args.json:
-        from mrnn_jax.files import write_json_atomic
-
-        write_json_atomic(
-            args.json,
-            {
-                "checkpoint": os.path.abspath(args.checkpoint),
-                "step": model.step,
-                "split": args.split,
-                "num_images": len(data.records),
-                "decoding": dataclasses.asdict(options),
-                "metrics": result.metrics,
-                "unavailable": result.unavailable,
-            },
-        )
         print(f"metrics: {args.json}")
     return 0
 
@@ -497,9 +472,18 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mrnn_jax import api, server
+    from mrnn_jax import api
+    from mrnn_jax.limits import Limits
 
-    limits = server.Limits(
+    try:
+        from mrnn_jax import server
+    except ImportError as error:
+        raise MrnnError(
+            f"mrnn serve needs FastAPI, uvicorn and python-multipart ({error}); "
+            "pip install fastapi uvicorn python-multipart"
+        ) from None
+
+    limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_image_pixels=int(args.max_megapixels * 1e6),
         max_gallery_images=args.max_gallery,

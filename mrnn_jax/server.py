@@ -35,27 +35,9 @@ from pydantic import BaseModel
 from mrnn_jax import api
 from mrnn_jax.captioner import Captioner
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.limits import Limits
 
 THUMBNAIL_SIDE = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one request may ask of the server.
-
-    Attributes:
-      max_upload_bytes: largest uploaded file.
-      max_image_pixels: largest uploaded image, width x height (checked before decoding).
-      max_query_chars: longest search sentence, in characters.
-      max_results: most gallery images one search returns.
-      max_gallery_images: most images the gallery may hold (checked at start-up).
-    """
-
-    max_upload_bytes: int = 20 * 2**20
-    max_image_pixels: int = 40_000_000
-    max_query_chars: int = 500
-    max_results: int = 100
-    max_gallery_images: int = 10_000
 
 
 class SearchRequest(BaseModel):
@@ -109,7 +91,7 @@ class _BodyLimit:
 def create_app(
     model: Captioner,
     gallery: api.Gallery | None = None,
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     *,
     beam_size: int = 3,
     num_return: int = 3,
@@ -117,8 +99,9 @@ def create_app(
     """The FastAPI application serving ``model`` (and searching ``gallery``, if given).
 
     Compiles the captioning and search programs before returning, so that the first request
-    is as fast as the others.
+    is as fast as the others. ``limits`` default to :class:`~mrnn_jax.limits.Limits`' own.
     """
+    limits = limits or Limits()
     if gallery is not None and len(gallery) > limits.max_gallery_images:
         raise MrnnError(
             f"the gallery has {len(gallery)} images, more than the limit of "
