@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mrnn_jax import decode, evaluate, retrieval, retrieval_report
 from mrnn_jax.captioner import Captioner, load
@@ -51,6 +52,8 @@ __all__ = [
     "search",
     "use_data",
 ]
+
+GALLERY_CHUNK = 64  # images decoded (and, for a features run, encoded) at a time
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -165,12 +168,13 @@ def load_gallery(
     paths: Sequence[str | os.PathLike] | None = None,
     features: str | os.PathLike | None = None,
     max_images: int | None = None,
+    progress: bool = False,
 ) -> Gallery:
     """A gallery of the image files in ``folder`` (or the files ``paths``) or of the rows of
     a precomputed ``features`` file (``.npz`` or ``.npy`` + names), as ``model`` reads them.
 
     Unreadable image files are left out and listed in ``Gallery.skipped``; more than
-    ``max_images`` images is an error.
+    ``max_images`` images is an error. ``progress`` shows a progress bar over the files.
     """
     from mrnn_jax.data.features import load_features
 
@@ -193,18 +197,24 @@ def load_gallery(
         model.load_images([])  # raises the error that says what the run needs
     files = image_paths(folder) if folder is not None else [os.fspath(p) for p in paths]
     _check_count(len(files), max_images, os.fspath(folder) if folder is not None else "paths")
-    kept, images, skipped = [], [], []
-    for path in files:
-        try:
-            images.append(model.load_images([path])[0])
-            kept.append(path)
-        except ImageError as error:
-            skipped.append(str(error))
-            log.warning("skipped %s", error)
-    if not images:
+    kept, chunks, skipped = [], [], []
+    bar = tqdm(total=len(files), disable=not progress, desc="gallery", unit="img")
+    for start in range(0, len(files), GALLERY_CHUNK):
+        images = []
+        for path in files[start : start + GALLERY_CHUNK]:
+            try:
+                images.append(model.load_images([path])[0])
+                kept.append(path)
+            except ImageError as error:
+                skipped.append(str(error))
+                log.warning("skipped %s", error)
+            bar.update(1)
+        if images:  # a features run's CNN encodes each chunk: no gallery of pixels is held
+            chunks.append(model.image_inputs(np.stack(images)))
+    bar.close()
+    if not kept:
         raise MrnnError(f"{folder if folder is not None else 'paths'}: no readable images")
-    inputs = model.image_inputs(np.stack(images))
-    return Gallery(names=kept, inputs=inputs, paths=kept, skipped=skipped)
+    return Gallery(names=kept, inputs=np.concatenate(chunks), paths=kept, skipped=skipped)
 
 
 def _check_count(count: int, max_images: int | None, where: str) -> None:

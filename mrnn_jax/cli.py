@@ -459,7 +459,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.features:
         gallery = api.load_gallery(model, features=args.features)
     else:
-        gallery = api.load_gallery(model, folder=args.images)
+        gallery = api.load_gallery(model, folder=args.images, progress=sys.stderr.isatty())
     if gallery.skipped:
         print(f"skipped {len(gallery.skipped)} unreadable image(s)", file=sys.stderr)
     result = api.search(model, args.sentence, gallery, top=args.top)
@@ -496,6 +496,7 @@ def _serve(args: argparse.Namespace) -> int:
             folder=args.gallery,
             features=args.features,
             max_images=limits.max_gallery_images,
+            progress=sys.stderr.isatty(),
         )
         if gallery.skipped:
             print(f"gallery: skipped {len(gallery.skipped)} unreadable image(s)", file=sys.stderr)

@@ -91,7 +91,7 @@ def test_image_files_caption_as_their_extracted_feature_rows(features_run):
 
 
 @pytest.mark.slow
-def test_the_command_captions_a_file_with_the_weights_and_explains_without(features_run):
+def test_the_command_captions_a_file_given_the_weights(features_run):
     run, weights, path = features_run["workdir"], features_run["weights"], features_run["paths"][0]
     model = api.load(run, encoder_weights=weights)
     row = load_features(features_run["features"]).features[0][None].astype(np.float32)
@@ -100,10 +100,10 @@ def test_the_command_captions_a_file_with_the_weights_and_explains_without(featu
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == f"{path}\t{expected.text}\t(log p = {expected.log_prob:.3f})\n"
 
-    without = run_mrnn("caption", "--checkpoint", run, path)
-    assert without.returncode == 2 and "Traceback" not in without.stderr
-    assert "trained on alexnet fc7 features" in without.stderr
-    assert "--encoder-weights FILE, converted from x.pth" in without.stderr
+    # Without the weights, the error says which file the run needs.
+    with pytest.raises(MrnnError, match="trained on alexnet fc7 features") as error:
+        api.caption(api.load(run), [path])
+    assert "--encoder-weights FILE, converted from x.pth, SHA-256 abababababab" in str(error)
 
 
 def test_weights_other_than_the_features_came_from_are_refused(features_run, tmp_path):
