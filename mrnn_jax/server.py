@@ -7,7 +7,8 @@ Endpoints (every error is ``{"error": "one line"}`` with a 4xx status):
 - ``POST /api/caption``: a multipart upload ``image`` -> ``{"captions": [{"text",
   "log_prob"}]}``, beam search, best first.
 - ``POST /api/search``: ``{"sentence": "...", "top": 10}`` -> ``{"results": [{"rank",
-  "index", "name", "score", "thumbnail"}], "unknown_words"}``, the gallery ranked by
+  "index", "name", "label", "score", "thumbnail"}], "unknown_words"}`` (``label``: the name
+  without the folder every gallery name shares), the gallery ranked by
   P(sentence | image).
 - ``GET /api/gallery/{index}/thumbnail``: a PNG thumbnail of a gallery image.
 
@@ -111,6 +112,7 @@ def create_app(
     model.options(**decoding)  # bad settings fail here, not at the first request
     lock = threading.Lock()
     thumbnails: dict[int, bytes] = {}
+    labels = _short_names(gallery.names) if gallery is not None else []
 
     # Compile once, before serving: a caption of a blank image, a search of one word.
     if model.reads_image_files:
@@ -213,6 +215,7 @@ def create_app(
                     "rank": rank,
                     "index": m.index,
                     "name": m.name,
+                    "label": labels[m.index],
                     "score": m.score,
                     "thumbnail": f"/api/gallery/{m.index}/thumbnail" if showable else None,
                 }
@@ -246,6 +249,17 @@ def model_error(model: Captioner) -> str:
     except MrnnError as error:
         return str(error)
     return ""
+
+
+def _short_names(names: list[str]) -> list[str]:
+    """Gallery names without the folder they all share (what the page shows)."""
+    if len(names) < 2:
+        return [os.path.basename(n) for n in names]
+    try:
+        root = os.path.commonpath(names)
+    except ValueError:  # absolute and relative names mixed
+        return list(names)
+    return [os.path.relpath(n, root) if n != root else os.path.basename(n) for n in names]
 
 
 def _one_line(text: str) -> str:
@@ -306,6 +320,7 @@ h1 { font-size: 1.3rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
 .lp, .score { color: #666; font-variant-numeric: tabular-nums; margin-left: .6rem; }
 #results { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: .8rem; }
 #results li { width: 9rem; font-size: .85rem; word-break: break-all; }
+.rank { color: #666; }
 #results img { width: 128px; height: 128px; object-fit: cover; display: block; }
 #info { color: #666; font-size: .85rem; }
 </style></head>
@@ -389,7 +404,9 @@ $("search-form").addEventListener("submit", async (e) => {
       headers: {"Content-Type": "application/json"},
       body: JSON.stringify({sentence: $("query").value, top: Number($("top").value)})});
     for (const r of body.results) {
-      const li = item([["name", r.name], ["score", r.score.toFixed(3)]]);
+      const li = item([["rank", r.rank + ". "], ["name", r.label],
+                       ["score", r.score.toFixed(3)]]);
+      li.title = r.name;
       if (r.thumbnail) {
         const img = document.createElement("img");
         img.src = r.thumbnail; img.alt = r.name; li.prepend(img);
