@@ -86,11 +86,12 @@ class Captioner:
         provenance = (self.features or {}).get("provenance") or {}
         if provenance.get("encoder") and provenance.get("weights"):
             weights = provenance["weights"]
+            source = f"{weights.get('file_name', '?')}, SHA-256 {str(weights.get('sha256'))[:12]}"
             return (
                 f"this run was trained on {provenance['encoder']} {provenance.get('feature', '')} "
                 f"features; to read image files give the converted weights they were extracted "
-                f"with (--encoder-weights FILE, converted from {weights.get('file_name', '?')}, "
-                f"SHA-256 {str(weights.get('sha256'))[:12]}...)"
+                f"with (--encoder-weights FILE, or load(..., encoder_weights=FILE); converted "
+                f"from {source}...)"
             )
         return (
             "this run was trained on precomputed features of unknown provenance; caption its "

@@ -103,7 +103,8 @@ def test_the_command_captions_a_file_given_the_weights(features_run):
     # Without the weights, the error says which file the run needs.
     with pytest.raises(MrnnError, match="trained on alexnet fc7 features") as error:
         api.caption(api.load(run), [path])
-    assert "--encoder-weights FILE, converted from x.pth, SHA-256 abababababab" in str(error)
+    assert "--encoder-weights FILE" in str(error)
+    assert "converted from x.pth, SHA-256 abababababab..." in str(error)
 
 
 def test_weights_other_than_the_features_came_from_are_refused(features_run, tmp_path):
