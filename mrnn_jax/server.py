@@ -163,7 +163,7 @@ def create_app(
     def caption(image: Annotated[UploadFile, File()]) -> dict:
         name = os.path.basename(image.filename or "upload")
         if not model.reads_image_files:
-            raise HTTPException(400, _one_line(model_error(model)))
+            raise HTTPException(400, _one_line(_model_error(model)))
         data = image.file.read(limits.max_upload_bytes + 1)
         if not data:
             raise HTTPException(400, f"{name}: empty file (0 bytes)")
@@ -176,11 +176,12 @@ def create_app(
             file.write(data)
             file.flush()
             _check_pixels(file.name, name, limits.max_image_pixels)
-            try:
-                with lock:
-                    results = api.caption(model, [file.name], **decoding)[0]
+            try:  # decoded outside the lock, as mrnn caption decodes a file
+                pixels = model.load_images([file.name])
             except MrnnError as error:
                 raise HTTPException(415, str(error).replace(file.name, name)) from None
+        with lock:
+            results = api.caption(model, pixels, **decoding)[0]
         return {
             "name": name,
             "captions": [{"text": c.text, "log_prob": c.log_prob} for c in results],
@@ -206,7 +207,7 @@ def create_app(
                 result = api.search(model, sentence, gallery, top=request.top)
         except MrnnError as error:
             raise HTTPException(400, str(error)) from None
-        showable = gallery.paths is not None or model.takes_pixels
+        showable = gallery.paths is not None  # a features gallery has no pictures
         return {
             "sentence": sentence,
             "unknown_words": result.unknown_words,
@@ -227,13 +228,13 @@ def create_app(
     def thumbnail(index: int) -> Response:
         if gallery is None or not 0 <= index < len(gallery):
             raise HTTPException(404, f"no gallery image {index}")
+        if gallery.paths is None:
+            raise HTTPException(404, "a features gallery has no pictures")
         if index not in thumbnails:
-            if gallery.paths is not None:
+            try:
                 picture = _thumbnail_of_file(gallery.paths[index])
-            elif model.takes_pixels:
-                picture = Image.fromarray(np.asarray(gallery.inputs[index], np.uint8))
-            else:
-                raise HTTPException(404, "a features gallery has no pictures")
+            except (OSError, ValueError) as error:  # changed on disk since the start
+                raise HTTPException(404, f"{gallery.paths[index]}: unreadable ({error})") from None
             buffer = io.BytesIO()
             picture.save(buffer, "PNG")
             thumbnails[index] = buffer.getvalue()
@@ -242,7 +243,7 @@ def create_app(
     return app
 
 
-def model_error(model: Captioner) -> str:
+def _model_error(model: Captioner) -> str:
     """Why ``model`` cannot caption image files (the message its loader gives)."""
     try:
         model.load_images([])
