@@ -1,10 +1,10 @@
 """mrnn-jax: the multimodal recurrent neural network (m-RNN) of Mao et al. in JAX/Flax.
 
-Quick start in a notebook::
+Quick start in a notebook (``notebooks/quickstart.ipynb`` has more)::
 
-    import mrnn_jax
-    captioner = mrnn_jax.load("runs/shapes")          # best checkpoint of a run
-    print(captioner.caption_files(["image.png"]))
+    from mrnn_jax import api
+    model = api.load("runs/shapes")                   # best checkpoint of a run
+    print(api.caption(model, ["image.png"], strategy="beam", beam_size=3, num_return=3))
 """
 
 from mrnn_jax.captioner import Captioner, load

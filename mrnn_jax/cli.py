@@ -7,13 +7,11 @@ SIGINT and SIGTERM print one line and exit with 130 and 143 (training saves a ch
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.interrupt import Interrupted
 
@@ -67,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "and their log-probabilities for each image.",
     )
     _add_checkpoint_arguments(caption)
+    _add_encoder_weights_argument(caption)
     caption.add_argument("--max-words", type=int, default=None, help="longest caption, in words")
     _add_decoding_arguments(caption)
     caption.add_argument(
@@ -141,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         "under a trained checkpoint and print the best matches.",
     )
     _add_checkpoint_arguments(search)
+    _add_encoder_weights_argument(search)
     where = search.add_mutually_exclusive_group(required=True)
     where.add_argument("--images", help="folder of images (searched recursively)")
     where.add_argument(
@@ -148,7 +148,66 @@ def _parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--top", type=int, default=5, help="matches to print (default: 5)")
     search.add_argument("sentence", help='the query, e.g. "a red circle above a square"')
+
+    add_serve_parser(sub)
     return parser
+
+
+def add_serve_parser(sub) -> argparse.ArgumentParser:
+    """The ``serve`` command's options."""
+    from mrnn_jax.limits import Limits
+
+    limits = Limits()
+    serve = sub.add_parser(
+        "serve",
+        help="a web page (and JSON API) to caption uploaded images and search a gallery",
+        description="Serve a trained checkpoint on a small self-contained web page: drop an "
+        "image to read its beam-search captions with their log-probabilities, type a sentence "
+        "to see the gallery ranked by P(sentence | image). The same as JSON: POST "
+        '/api/caption (multipart \'image\'), POST /api/search ({"sentence", "top"}), '
+        "GET /api/info. Binds to 127.0.0.1 unless --host says otherwise.",
+    )
+    _add_checkpoint_arguments(serve)
+    _add_encoder_weights_argument(serve)
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--gallery", help="folder of images to search (recursively)")
+    where.add_argument(
+        "--features", help="precomputed features of the gallery (.npz, or .npy + names .txt)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument("--beam", type=int, default=3, metavar="K", help="beams (3)")
+    serve.add_argument("--top", type=int, default=3, help="captions shown per image (3)")
+    serve.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=limits.max_upload_bytes / 2**20,
+        help=f"largest upload, MiB ({limits.max_upload_bytes / 2**20:g})",
+    )
+    serve.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=limits.max_image_pixels / 1e6,
+        help=f"largest uploaded image, megapixels ({limits.max_image_pixels / 1e6:g})",
+    )
+    serve.add_argument(
+        "--max-gallery",
+        type=int,
+        default=limits.max_gallery_images,
+        help=f"most gallery images ({limits.max_gallery_images})",
+    )
+    return serve
+
+
+def _add_encoder_weights_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--encoder-weights",
+        default=None,
+        metavar="FILE",
+        help="for a run trained on features from 'mrnn extract-features': the converted "
+        "weights file they were extracted with (checked against the SHA-256 the features "
+        "record), so that image files go through the same CNN",
+    )
 
 
 def add_retrieve_parser(sub) -> argparse.ArgumentParser:
@@ -202,11 +261,14 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace, compute_dtype: str | None = None):
-    """The checkpoint ``--checkpoint`` / ``--latest`` name."""
-    from mrnn_jax import captioner
+    """The checkpoint ``--checkpoint`` / ``--latest`` (/ ``--encoder-weights``) name."""
+    from mrnn_jax import api
 
-    return captioner.load(
-        args.checkpoint, "latest" if args.latest else "best", compute_dtype=compute_dtype
+    return api.load(
+        args.checkpoint,
+        "latest" if args.latest else "best",
+        compute_dtype=compute_dtype,
+        encoder_weights=getattr(args, "encoder_weights", None),
     )
 
 
@@ -263,11 +325,10 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
 
 def _load_for_data(args: argparse.Namespace):
     """The checkpoint of ``args``, its dataset paths replaced by --data-dir / --features."""
-    from mrnn_jax import configs
+    from mrnn_jax import api
 
     model = _load(args, getattr(args, "compute_dtype", None))
-    configs.apply_overrides(model.config, _data_overrides(args))
-    return model
+    return api.use_data(model, data_dir=args.data_dir, features=args.features)
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -281,7 +342,8 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptions:
+def _decoding(args: argparse.Namespace) -> dict:
+    """The decoding flags as :func:`mrnn_jax.api.caption`'s keyword arguments."""
     if args.beam is not None and args.sample:
         raise MrnnError("choose --beam or --sample, not both")
     if not args.sample and (args.temperature != 1.0 or args.seed != 0):
@@ -289,28 +351,19 @@ def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptio
     if args.beam is None and args.length_penalty != 0.0:
         raise MrnnError("--length-penalty applies to --beam only")
     top = getattr(args, "top", 1)
-    max_words = getattr(args, "max_words", None)
-    if max_words is None:
-        max_words = default_words
+    fields = {"max_words": getattr(args, "max_words", None), "num_return": top}
     if args.beam is not None:
-        return DecodeOptions(
-            strategy="beam",
-            beam_size=args.beam,
-            num_return=top,
-            max_words=max_words,
-            length_penalty=args.length_penalty,
-        )
+        return {
+            **fields,
+            "strategy": "beam",
+            "beam_size": args.beam,
+            "length_penalty": args.length_penalty,
+        }
     if args.sample:
-        return DecodeOptions(
-            strategy="sample",
-            num_return=top,
-            max_words=max_words,
-            temperature=args.temperature,
-            seed=args.seed,
-        )
+        return {**fields, "strategy": "sample", "temperature": args.temperature, "seed": args.seed}
     if top != 1:
         raise MrnnError("--top needs --beam or --sample")
-    return DecodeOptions(strategy="greedy", max_words=max_words)
+    return {**fields, "strategy": "greedy"}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -341,15 +394,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _caption(args: argparse.Namespace) -> int:
+    from mrnn_jax import api
 
     model = _load(args)
-    if not model.takes_pixels:
-        raise MrnnError(
-            f"{args.checkpoint} was trained on precomputed features; caption its images by "
-            "extracting the same features first"
-        )
-    options = _decode_options(args, model.config.eval.max_decode_words)
-    results = model.generate(model.load_images(args.images), options)
+    results = api.caption(model, args.images, **_decoding(args))
     for path, candidates in zip(args.images, results, strict=True):
         for text, log_prob in candidates:
             print(f"{path}\t{text}\t(log p = {log_prob:.3f})")
@@ -357,143 +405,119 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mrnn_jax import evaluate
+    from mrnn_jax import api
 
     model = _load_for_data(args)
-    options = _decode_options(args, model.config.eval.max_decode_words)
-    setup = evaluate.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
-    data = setup.data
-    result = evaluate.evaluate_captioning(
-        model.model,
-        setup.params,
-        data,
-        model.vocab,
-        options,
-        max_words=model.config.dataset.max_words,
-        batch_size=setup.batch_size,
-        mesh=setup.mesh,
+    decoding = {k: v for k, v in _decoding(args).items() if v is not None}
+    evaluation = api.evaluate_captioning(
+        model,
+        args.split,
+        **decoding,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        json_path=args.json,
+        checkpoint=args.checkpoint,
         progress=not args.no_progress,
     )
+    options = evaluation.decoding
     print(
-        f"{args.split} ({len(data.records)} images, {options.strategy}"
+        f"{args.split} ({evaluation.num_images} images, {options.strategy}"
         + (f" K={options.beam_size}" if options.strategy == "beam" else "")
         + "):"
     )
-    for name, value in result.metrics.items():
+    for name, value in evaluation.metrics.items():
         shown = "n/a" if value is None else f"{value:.4f}"
         print(f"  {name:22s} {shown}")
-    for name, reason in result.unavailable.items():
+    for name, reason in evaluation.unavailable.items():
         print(f"  {name}: not computed ({reason})")
     if args.json:
-        from mrnn_jax.files import write_json_atomic
-
-        write_json_atomic(
-            args.json,
-            {
-                "checkpoint": os.path.abspath(args.checkpoint),
-                "step": model.step,
-                "split": args.split,
-                "num_images": len(data.records),
-                "decoding": dataclasses.asdict(options),
-                "metrics": result.metrics,
-                "unavailable": result.unavailable,
-            },
-        )
         print(f"metrics: {args.json}")
     return 0
 
 
 def _retrieve(args: argparse.Namespace) -> int:
-    from mrnn_jax import retrieval_report
+    from mrnn_jax import api
 
     model = _load_for_data(args)
-    retrieval_report.run(model, args)
+    report = api.retrieval_metrics(
+        model,
+        args.split,
+        max_images=args.max_images,
+        prior_images=args.prior_images,
+        coco_1k=args.coco_1k,
+        sentence_tile=args.sentence_tile,
+        image_tile=args.image_tile,
+        json_path=args.json,
+        out=args.out,
+        html_queries=args.html_queries,
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
+    )
+    print(report.table)
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from mrnn_jax import retrieval
-    from mrnn_jax.data.features import load_features
-    from mrnn_jax.images import ImageError
-    from mrnn_jax.vocab import tokenize
+    from mrnn_jax import api
 
     model = _load(args)
     if args.features:
-        if model.takes_pixels:
-            raise MrnnError(f"{args.checkpoint} reads images; use --images, not --features")
-        feature_file = load_features(args.features)
-        names, inputs = feature_file.names, np.asarray(feature_file.features, np.float32)
-        expected = int(model.config.encoder.features_dim)
-        if inputs.shape[1] != expected:
-            raise MrnnError(
-                f"{args.features}: {inputs.shape[1]}-d features, the checkpoint takes {expected}-d"
-            )
+        gallery = api.load_gallery(model, features=args.features)
     else:
-        if not model.takes_pixels:
-            raise MrnnError(
-                f"{args.checkpoint} was trained on precomputed features; pass --features"
-            )
-        paths = _image_paths(args.images)
-        names, images, skipped = [], [], 0
-        for path in paths:
-            try:
-                images.append(model.load_images([path])[0])
-                names.append(path)
-            except ImageError as error:
-                skipped += 1
-                logging.getLogger("mrnn_jax").warning("skipped %s", error)
-        if not images:
-            raise MrnnError(f"{args.images}: no readable images")
-        if skipped:
-            print(f"skipped {skipped} unreadable image(s)", file=sys.stderr)
-        inputs = np.stack(images)
-    words = tokenize(args.sentence)
-    if not words:
-        raise MrnnError("the query has no words")
-    tokens = model.vocab.encode_batch([words], max(model.config.dataset.max_words, len(words)))
-    scores = retrieval.score_matrix(model.model, {"params": model.params}, tokens, inputs)[0]
-    unknown = [w for w in words if w not in model.vocab]
-    if unknown:
-        print(f"words not in the vocabulary (read as <unk>): {' '.join(unknown)}", file=sys.stderr)
-    for index in np.argsort(-scores, kind="stable")[: args.top]:
-        print(f"{scores[index]:10.3f}\t{names[index]}")
+        gallery = api.load_gallery(model, folder=args.images, progress=sys.stderr.isatty())
+    if gallery.skipped:
+        print(f"skipped {len(gallery.skipped)} unreadable image(s)", file=sys.stderr)
+    result = api.search(model, args.sentence, gallery, top=args.top)
+    if result.unknown_words:
+        unknown = " ".join(result.unknown_words)
+        print(f"words not in the vocabulary (read as <unk>): {unknown}", file=sys.stderr)
+    for match in result.matches:
+        print(f"{match.score:10.3f}\t{match.name}")
     return 0
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+def _serve(args: argparse.Namespace) -> int:
+    from mrnn_jax import api
+    from mrnn_jax.limits import Limits
 
+    try:
+        from mrnn_jax import server
+    except ImportError as error:
+        raise MrnnError(
+            f"mrnn serve needs FastAPI, uvicorn and python-multipart ({error}); "
+            "pip install fastapi uvicorn python-multipart"
+        ) from None
 
-def _image_paths(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        raise MrnnError(f"{folder}: no such folder")
-    return sorted(
-        os.path.join(root, f)
-        for root, _, files in os.walk(folder)
-        for f in files
-        if f.lower().endswith(IMAGE_SUFFIXES)
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_image_pixels=int(args.max_megapixels * 1e6),
+        max_gallery_images=args.max_gallery,
     )
+    model = _load(args)
+    gallery = None
+    if args.gallery or args.features:
+        gallery = api.load_gallery(
+            model,
+            folder=args.gallery,
+            features=args.features,
+            max_images=limits.max_gallery_images,
+            progress=sys.stderr.isatty(),
+        )
+        if gallery.skipped:
+            print(f"gallery: skipped {len(gallery.skipped)} unreadable image(s)", file=sys.stderr)
+    app = server.create_app(model, gallery, limits, beam_size=args.beam, num_return=args.top)
+    print(f"mrnn serve: http://{args.host}:{args.port}/", flush=True)
+    server.run(app, args.host, args.port)
+    return 0
 
 
 def _extract_features(args: argparse.Namespace) -> int:
-    from mrnn_jax import configs, distributed, extract
-    from mrnn_jax.data import DataReport, read_records
+    from mrnn_jax import api, distributed, extract
 
     _start_distributed(args)
-
-    if args.images:
-        paths = _image_paths(args.images)
-        names = [os.path.relpath(p, args.images).replace(os.sep, "/") for p in paths]
-    else:
-        if not args.data_dir:
-            raise MrnnError("--dataset needs --data-dir")
-        config = configs.load_config(args.dataset, [f"dataset.data_dir={args.data_dir}"])
-        records = read_records(config.dataset, DataReport())
-        names = [r.image_id for r in records]
-        paths = [r.file_path for r in records]
-    if not paths:
-        raise MrnnError("no images to extract features from")
+    names, paths = api.extraction_images(
+        images=args.images, dataset=args.dataset, data_dir=args.data_dir
+    )
     encoder = {
         "name": args.encoder,
         "weights": args.weights,
@@ -547,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": _evaluate,
             "retrieve": _retrieve,
             "search": _search,
+            "serve": _serve,
             "extract-features": _extract_features,
         }
         return commands[args.command](args)

@@ -82,8 +82,9 @@ def extract_features(
         raise MrnnError(f"{out}: the output must end in .npz or .npy")
     if len(names) != len(paths) or len(set(names)) != len(names):
         raise MrnnError("extract_features needs one unique name per image path")
-    encoder_config = dict(encoder_config)
-    params, meta = load_pretrained(encoder_config)
+    weights = load_pretrained(encoder_config)
+    encoder_config = weights.encoder_config(encoder_config)
+    params, meta = weights.params, weights.meta
     encoder = make_encoder(encoder_config)
     mesh = sharding.make_mesh()
     batch_size = max(mesh.size, batch_size - batch_size % mesh.size)

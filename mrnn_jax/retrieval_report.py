@@ -1,8 +1,9 @@
-"""``mrnn retrieve`` / experiments/run_retrieval.py: score a split, report, write files."""
+"""Retrieval on a split (``mrnn retrieve``, experiments/run_retrieval.py): score, report,
+write files."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -17,29 +18,58 @@ from mrnn_jax.errors import MrnnError
 from mrnn_jax.files import write_json_atomic, write_text_atomic
 
 
-def run(model: Captioner, args: argparse.Namespace) -> dict:
-    """Evaluates retrieval as ``args`` say (see ``mrnn retrieve --help``); returns the metrics."""
+@dataclasses.dataclass(frozen=True)
+class RetrievalReport:
+    """Retrieval on a split: the metrics (per direction and ranking, R@1/5/10, median and
+    mean rank), the paper-style Markdown table with a line on the setting, and the JSON
+    record written to files."""
+
+    metrics: dict
+    table: str
+    payload: dict
+
+
+def run(
+    model: Captioner,
+    split: str = "test",
+    *,
+    max_images: int | None = None,
+    prior_images: int | None = None,
+    coco_1k: bool = False,
+    sentence_tile: int = 16,
+    image_tile: int = 32,
+    json_path: str | None = None,
+    out: str | None = None,
+    html_queries: int = 10,
+    checkpoint: str = "",
+    progress: bool = True,
+) -> RetrievalReport:
+    """Retrieval metrics of ``model`` on a split of its dataset (see ``mrnn retrieve
+    --help``): printed as the paper's table, returned, and written as JSON to ``json_path``
+    and as JSON, Markdown and an HTML page of ``html_queries`` example queries per direction
+    into the folder ``out`` (default: ``json_path``'s folder; with neither, nothing is
+    written). ``checkpoint`` (the run's path) names the model in the table and the JSON."""
     started = time.time()
-    for option in ("max_images", "prior_images"):
-        if getattr(args, option) is not None and getattr(args, option) < 1:
+    for option, value in (("max_images", max_images), ("prior_images", prior_images)):
+        if value is not None and value < 1:
             raise MrnnError(f"--{option.replace('_', '-')} must be at least 1")
-    wanted = [args.split, *(["train"] if args.prior_images else [])]
+    wanted = [split, *(["train"] if prior_images else [])]
     splits = load_dataset(model.config.dataset, model.config.encoder, wanted).splits
-    if args.split not in splits:
-        raise MrnnError(f"dataset has no split {args.split!r}: {sorted(splits)}")
-    data = splits[args.split]
-    count = len(data.records) if args.max_images is None else args.max_images
+    if split not in splits:
+        raise MrnnError(f"dataset has no split {split!r}: {sorted(splits)}")
+    data = splits[split]
+    count = len(data.records) if max_images is None else max_images
     captioned = [i for i, record in enumerate(data.records[:count]) if record.tokens]
     records = [data.records[i] for i in captioned]
     inputs = data.inputs[:count][captioned]
     if not records:
-        raise MrnnError(f"split {args.split!r} has no captioned images")
+        raise MrnnError(f"split {split!r} has no captioned images")
     table = CaptionTable.build_uncut(records, model.vocab, model.config.dataset.max_words)
     prior = None
-    if args.prior_images:
+    if prior_images:
         train = splits["train"].inputs
         rng = np.random.default_rng(0)
-        prior = train[np.sort(rng.choice(len(train), min(args.prior_images, len(train)), False))]
+        prior = train[np.sort(rng.choice(len(train), min(prior_images, len(train)), False))]
     params = {"params": model.params}
     results, scores, log_prior = retrieval.evaluate_retrieval(
         model.model,
@@ -48,45 +78,41 @@ def run(model: Captioner, args: argparse.Namespace) -> dict:
         table.image_index,
         inputs,
         prior_inputs=prior,
-        fold_size=1000 if args.coco_1k else None,
-        sentence_tile=args.sentence_tile,
-        image_tile=args.image_tile,
-        progress=not args.no_progress,
+        fold_size=1000 if coco_1k else None,
+        sentence_tile=sentence_tile,
+        image_tile=image_tile,
+        progress=progress,
         mesh=sharding.make_mesh(),
     )
-    name = f"m-RNN ({os.path.basename(os.path.abspath(args.checkpoint))})"
+    name = f"m-RNN ({os.path.basename(os.path.abspath(checkpoint))})" if checkpoint else "m-RNN"
     markdown = retrieval.markdown_table(name, results)
     details = (
-        f"{args.split} split, {len(records)} images, {len(table)} sentences"
-        f"{', COCO 1K folds' if args.coco_1k else ''}; P(S) over "
+        f"{split} split, {len(records)} images, {len(table)} sentences"
+        f"{', COCO 1K folds' if coco_1k else ''}; P(S) over "
         f"{f'{len(prior)} training images' if prior is not None else 'the split images'}; "
         f"{platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
         f"{time.time() - started:.0f} s"
     )
-    print(f"{markdown}\n\n{details}")
     payload = {
-        "checkpoint": os.path.abspath(args.checkpoint),
+        "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
         "step": model.step,
-        "split": args.split,
+        "split": split,
         "num_images": len(records),
         "num_sentences": len(table),
-        "coco_1k": bool(args.coco_1k),
+        "coco_1k": bool(coco_1k),
         "prior_images": None if prior is None else len(prior),
         "metrics": results,
         "tie_rule": "a wrong item scoring as high as the first correct one ranks ahead of it",
     }
-    if args.json:
-        write_json_atomic(args.json, payload)
-    out = args.out or (os.path.dirname(os.path.abspath(args.json)) if args.json else None)
+    if json_path:
+        write_json_atomic(json_path, payload)
+    out = out or (os.path.dirname(os.path.abspath(json_path)) if json_path else None)
     if out:
-        args.out = out
-        os.makedirs(args.out, exist_ok=True)
-        write_text_atomic(
-            os.path.join(args.out, f"retrieval_{args.split}.md"), f"{markdown}\n\n{details}\n"
-        )
-        write_json_atomic(os.path.join(args.out, f"retrieval_{args.split}.json"), payload)
+        os.makedirs(out, exist_ok=True)
+        write_text_atomic(os.path.join(out, f"retrieval_{split}.md"), f"{markdown}\n\n{details}\n")
+        write_json_atomic(os.path.join(out, f"retrieval_{split}.json"), payload)
         _write_page(
-            os.path.join(args.out, f"retrieval_{args.split}.html"),
+            os.path.join(out, f"retrieval_{split}.html"),
             model,
             records,
             inputs,
@@ -94,9 +120,9 @@ def run(model: Captioner, args: argparse.Namespace) -> dict:
             scores,
             log_prior,
             results,
-            args.html_queries,
+            html_queries,
         )
-    return results
+    return RetrievalReport(metrics=results, table=f"{markdown}\n\n{details}", payload=payload)
 
 
 def _write_page(

@@ -303,8 +303,10 @@ def train_and_evaluate(
     # read and checked before anything is written.
     encoder_params = None
     if config.encoder.name in ARCHITECTURES:
-        encoder_params, encoder_meta = load_pretrained(config.encoder)
-        log.info("encoder: %s from %s", config.encoder.name, encoder_meta["source"]["file_name"])
+        weights = load_pretrained(config.encoder)
+        config.encoder.update(weights.encoder_config(config.encoder))  # the saved config: whole
+        encoder_params = weights.params
+        log.info("encoder: %s from %s", config.encoder.name, weights.meta["source"]["file_name"])
     needed = None if config.dataset.name == "shapes" else {"train", "val", *config.eval.splits}
     dataset = load_dataset(config.dataset, config.encoder, needed)
     for split in ("train", "val", *config.eval.splits):

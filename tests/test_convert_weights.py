@@ -63,8 +63,8 @@ def test_converted_alexnet_gives_torch_fc7_on_an_image_file(alexnet_files, tmp_p
         assert meta["source"]["sha256"] == hashlib.sha256(f.read()).hexdigest()
     assert meta["source"]["format"] == ("safetensors" if fmt == "safetensors" else "torch")
 
-    config = {"name": "alexnet", "weights": out}
-    params, _ = load_pretrained(config)
+    weights = load_pretrained({"name": "alexnet", "weights": out})
+    config, params = weights.encoder_config({"name": "alexnet", "weights": out}), weights.params
     image_path = str(tmp_path / "photo.jpg")
     fx.write_image(image_path, 3, size=300)
     pixels = load_image(image_path, config["image_size"], "center_crop", config["crop_fraction"])

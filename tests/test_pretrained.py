@@ -100,16 +100,22 @@ def test_fine_tuning_from_a_layer_trains_it_and_later_ones_but_never_bn_statisti
         _labels({"fine_tune_from": "fc"})  # after the pooled feature: nothing would train
 
 
-def test_load_pretrained_fills_the_preprocessing_from_the_file(resnet_weights):
+def test_load_pretrained_returns_the_preprocessing_of_the_file(resnet_weights):
     config = configs.load_config("default", ["encoder.name=resnet50"])
     config.encoder.weights = resnet_weights[0]
-    params, meta = load_pretrained(config.encoder)
-    assert config.encoder.image_size == 224 and config.encoder.crop_fraction == 224 / 256
-    assert config.encoder.pixel_order == "RGB" and config.encoder.features_dim == 2048
-    assert tuple(config.encoder.pixel_mean) == TORCHVISION.mean
-    assert "conv1" in params and meta["architecture"] == "resnet50"
-    encoder = make_encoder(config.encoder)
+    before = configs.to_json(config)
+    weights = load_pretrained(config.encoder)
+    assert configs.to_json(config) == before  # the config is read, never written into
+    encoder_config = weights.encoder_config(config.encoder)
+    assert encoder_config["image_size"] == 224 and encoder_config["crop_fraction"] == 224 / 256
+    assert encoder_config["pixel_order"] == "RGB" and encoder_config["features_dim"] == 2048
+    assert tuple(encoder_config["pixel_mean"]) == TORCHVISION.mean
+    assert "conv1" in weights.params and weights.meta["architecture"] == "resnet50"
+    encoder = make_encoder(encoder_config)
     assert encoder.frozen and encoder.feature_name == "pooled"
+    # Values the config sets win over the file's, except the feature's width.
+    config.encoder.image_size = 160
+    assert weights.encoder_config(config.encoder)["image_size"] == 160
     config.encoder.weights = ""
     with pytest.raises(MrnnError, match="needs encoder.weights=FILE"):
         load_pretrained(config.encoder)

@@ -107,7 +107,7 @@ def test_search_with_features_on_a_pixel_checkpoint_is_refused(tiny_run, tmp_pat
     np.savez(path, features=np.zeros((2, 4), np.float32), filenames=np.array(["a", "b"]))
     result = run_mrnn("search", "--checkpoint", tiny_run, "--features", str(path), "a circle")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "use --images, not --features" in result.stderr
+    assert "reads images; search image files, not a features file" in result.stderr
 
 
 def test_features_files(tmp_path):

@@ -181,10 +181,36 @@ def feature_layer(spec: Architecture, encoder_config: Mapping) -> int:
     return matching[-1]
 
 
-def load_pretrained(encoder_config) -> tuple[dict, dict]:
-    """``(params, meta)`` of the converted weights file ``encoder.weights``, checked against
-    the architecture; fills the config's unset image size and pixel preprocessing (and
-    ``features_dim``) from the file, so that the run's saved config is complete."""
+@dataclasses.dataclass(frozen=True)
+class PretrainedWeights:
+    """A converted weights file, read and checked against its architecture.
+
+    Attributes:
+      params: the CNN's parameters (the ``backbone`` of :class:`PretrainedEncoder`).
+      meta: the file's metadata (architecture, source file and its SHA-256, preprocessing).
+      settings: the encoder config values the file implies: ``image_size``,
+        ``crop_fraction``, ``pixel_order``, ``pixel_scale``, ``pixel_mean``, ``pixel_std``
+        and the chosen feature's ``features_dim``.
+    """
+
+    params: dict
+    meta: dict
+    settings: dict
+
+    def encoder_config(self, encoder_config: Mapping) -> dict:
+        """``encoder_config`` completed with these settings: values the config sets win, except
+        ``features_dim``, which the architecture's feature decides."""
+        merged = dict(encoder_config)
+        for key, value in self.settings.items():
+            if key == "features_dim" or not merged.get(key):
+                merged[key] = value
+        return merged
+
+
+def load_pretrained(encoder_config: Mapping) -> PretrainedWeights:
+    """The converted weights file ``encoder.weights`` of the architecture ``encoder.name``,
+    checked against it, with the preprocessing and feature width it implies (see
+    :class:`PretrainedWeights`; ``encoder_config`` is not changed)."""
     from mrnn_jax.encoders.weights import check_variables, load_encoder_weights
 
     name = encoder_config["name"]
@@ -201,19 +227,16 @@ def load_pretrained(encoder_config) -> tuple[dict, dict]:
     )
     check_variables(path, variables, expected)
     prep = Preprocessing.from_json(meta["preprocessing"])
-    fills = {
+    feature = encoder_config.get("feature", "") or spec.feature
+    if feature not in spec.features:
+        raise MrnnError(f"encoder.feature={feature!r}: {name} offers {', '.join(spec.features)}")
+    settings = {
         "image_size": prep.crop,
         "crop_fraction": prep.crop / prep.resize,
         "pixel_order": prep.channels,
         "pixel_scale": prep.scale,
         "pixel_mean": tuple(prep.mean),
         "pixel_std": tuple(prep.std),
+        "features_dim": int(spec.features[feature]),
     }
-    for key, value in fills.items():
-        if not encoder_config.get(key):
-            encoder_config[key] = value
-    feature = encoder_config.get("feature", "") or spec.feature
-    if feature not in spec.features:
-        raise MrnnError(f"encoder.feature={feature!r}: {name} offers {', '.join(spec.features)}")
-    encoder_config["features_dim"] = int(spec.features[feature])
-    return variables["params"], meta
+    return PretrainedWeights(params=variables["params"], meta=meta, settings=settings)
