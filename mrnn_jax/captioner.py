@@ -10,12 +10,11 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from mrnn_jax import checkpoint, configs, decode, metrics
-from mrnn_jax.data.pipeline import image_batches
+from mrnn_jax import checkpoint, configs, decode, evaluate, metrics
 from mrnn_jax.encoders import takes_pixels
 from mrnn_jax.images import load_images
 from mrnn_jax.model import MRNN, make_model
-from mrnn_jax.vocab import Vocabulary, tokenize
+from mrnn_jax.vocab import Vocabulary
 
 
 @dataclasses.dataclass
@@ -69,21 +68,9 @@ class Captioner:
         options = options or self.options()
         image_inputs = np.asarray(image_inputs)
         batch_size = min(batch_size, 1 << max(len(image_inputs) - 1, 0).bit_length())
-        results = []
-        for index, (batch, count) in enumerate(image_batches(image_inputs, batch_size)):
-            tokens, log_prob = decode.generate(
-                self.model, {"params": self.params}, batch, options, index * batch_size
-            )
-            tokens, log_prob = jax.device_get((tokens, log_prob))
-            for row_tokens, row_log_prob in zip(tokens[:count], log_prob[:count], strict=True):
-                results.append(
-                    [
-                        (" ".join(self.vocab.decode(t)), float(lp))
-                        for t, lp in zip(row_tokens, row_log_prob, strict=True)
-                        if decode.is_real(lp)
-                    ]
-                )
-        return results
+        return evaluate.generate_captions(
+            self.model, self.params, image_inputs, self.vocab, options, batch_size
+        )
 
     def caption(
         self, image_inputs: np.ndarray, max_words: int | None = None
@@ -101,7 +88,7 @@ class Captioner:
     def log_likelihood(self, image_inputs: np.ndarray, captions: Sequence[str]) -> np.ndarray:
         """log P(caption | image) in nats, for aligned lists of image inputs and captions."""
         tokens = self.vocab.encode_batch(
-            [tokenize(c) for c in captions], self.config.dataset.max_words
+            [self.vocab.tokenize(c) for c in captions], self.config.dataset.max_words
         )
         inputs, targets, mask = metrics.shift_tokens(tokens)
         logits = self.model.apply({"params": self.params}, np.asarray(image_inputs), inputs)

@@ -87,6 +87,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="precision of the matrix products (default: the one it was trained with)",
     )
+    rerank = evaluate.add_argument_group("consensus reranking (ICLR 2015 section 8)")
+    rerank.add_argument(
+        "--rerank",
+        choices=("none", "consensus"),
+        default="none",
+        help="rerank the beam's n-best by agreement with the captions of the nearest "
+        "training images (beam size: --beam, else the config's rerank.num_hypotheses)",
+    )
+    rerank.add_argument(
+        "--rerank-metric", choices=("CIDEr", "BLEU"), default=None, help="default: config's"
+    )
+    rerank.add_argument(
+        "--rerank-features",
+        choices=("projection", "cnn"),
+        default=None,
+        help="neighbours by V_I I (projection) or the CNN's I (default: the config's)",
+    )
     evaluate.add_argument("--json", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -274,6 +291,11 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--length-penalty", type=float, default=0.0, help="beam search length penalty alpha"
     )
+    group.add_argument(
+        "--allow-unk",
+        action="store_true",
+        help="let captions contain <unk> (by default the unknown-word token is never chosen)",
+    )
 
 
 def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptions:
@@ -294,6 +316,7 @@ def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptio
             num_return=top,
             max_words=max_words,
             length_penalty=args.length_penalty,
+            allow_unk=args.allow_unk,
         )
     if args.sample:
         return DecodeOptions(
@@ -302,14 +325,15 @@ def _decode_options(args: argparse.Namespace, default_words: int) -> DecodeOptio
             max_words=max_words,
             temperature=args.temperature,
             seed=args.seed,
+            allow_unk=args.allow_unk,
         )
     if top != 1:
         raise MrnnError("--top needs --beam or --sample")
-    return DecodeOptions(strategy="greedy", max_words=max_words)
+    return DecodeOptions(strategy="greedy", max_words=max_words, allow_unk=args.allow_unk)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mrnn_jax import configs, train
+    from mrnn_jax import configs, evaluate, train
 
     _start_distributed(args)
     config = configs.load_config(args.config, [*_data_overrides(args), *args.overrides])
@@ -320,16 +344,17 @@ def _train(args: argparse.Namespace) -> int:
 
     if not is_primary():
         return 0
-    print(
-        f"best checkpoint: step {results['best_step']}, "
-        f"validation perplexity {results['best_val_perplexity']:.3f}"
-    )
+    selected = results["selected_by"]
+    value = "n/a" if selected["value"] is None else f"{selected['value']:.4f}"
+    print(f"best checkpoint: step {results['best_step']}, {selected['metric']} {value}")
     for kind, skipped in results.get("data", {}).get("skipped", {}).items():
         print(f"data: {skipped['count']} {kind}")
     for split, values in results["splits"].items():
         line = f"{split}: perplexity {values['perplexity']:.3f}"
-        if "phrase_accuracy" in values:
-            line += f", largest object named {100 * values['phrase_accuracy']:.1f}%"
+        if "CIDEr-D" in values and values["CIDEr-D"] is not None:
+            line += f", CIDEr-D {values['CIDEr-D']:.3f}"
+        if evaluate.PHRASE_ACCURACY in values:
+            line += f", largest object named {100 * values[evaluate.PHRASE_ACCURACY]:.1f}%"
         print(line)
     print(f"results: {os.path.join(args.workdir, 'results.json')}")
     return 0
@@ -355,9 +380,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mrnn_jax import evaluate
 
     model = _load_for_data(args)
+    reranker = None
+    if args.rerank == "consensus":
+        from mrnn_jax import consensus
+
+        if args.sample:
+            raise MrnnError("--rerank consensus reranks beam-search hypotheses, not samples")
+        rerank = consensus.ConsensusOptions.from_config(
+            model.config.rerank,
+            metric=args.rerank_metric,
+            features=args.rerank_features,
+            num_hypotheses=args.beam,
+        )
+        args.beam = rerank.num_hypotheses
+        args.top = rerank.num_hypotheses
+    elif args.rerank_metric or args.rerank_features:
+        raise MrnnError("--rerank-metric and --rerank-features need --rerank consensus")
     options = _decode_options(args, model.config.eval.max_decode_words)
     setup = evaluate.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
     data = setup.data
+    if args.rerank == "consensus":
+        reranker = consensus.load_reranker(
+            model.model, setup.params, model.config, rerank, setup.batch_size
+        )
     result = evaluate.evaluate_captioning(
         model.model,
         setup.params,
@@ -368,10 +413,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=setup.batch_size,
         mesh=setup.mesh,
         progress=not args.no_progress,
+        reranker=reranker,
     )
     print(
         f"{args.split} ({len(data.records)} images, {options.strategy}"
         + (f" K={options.beam_size}" if options.strategy == "beam" else "")
+        + (f", consensus reranking by {rerank.metric}" if reranker is not None else "")
         + "):"
     )
     for name, value in result.metrics.items():
@@ -390,6 +437,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "split": args.split,
                 "num_images": len(data.records),
                 "decoding": dataclasses.asdict(options),
+                "rerank": None if reranker is None else dataclasses.asdict(rerank),
                 "metrics": result.metrics,
                 "unavailable": result.unavailable,
             },
@@ -412,7 +460,6 @@ def _search(args: argparse.Namespace) -> int:
     from mrnn_jax import retrieval
     from mrnn_jax.data.features import load_features
     from mrnn_jax.images import ImageError
-    from mrnn_jax.vocab import tokenize
 
     model = _load(args)
     if args.features:
@@ -444,7 +491,7 @@ def _search(args: argparse.Namespace) -> int:
         if skipped:
             print(f"skipped {skipped} unreadable image(s)", file=sys.stderr)
         inputs = np.stack(images)
-    words = tokenize(args.sentence)
+    words = model.vocab.tokenize(args.sentence)
     if not words:
         raise MrnnError("the query has no words")
     tokens = model.vocab.encode_batch([words], max(model.config.dataset.max_words, len(words)))

@@ -80,6 +80,11 @@ def validate(config: ConfigDict) -> None:
         raise MrnnError(
             f"train.checkpoint_every must be positive, got {config.train.checkpoint_every}"
         )
+    from mrnn_jax import evaluators, selection
+
+    selection.Selector.from_config(config.train)
+    if "evaluators" in config:
+        evaluators.check_config(config.evaluators)
 
 
 def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:
