@@ -60,17 +60,38 @@ class Captioner:
         image_inputs: np.ndarray,
         options: decode.DecodeOptions | None = None,
         batch_size: int = 32,
+        reranker=None,
     ) -> list[list[tuple[str, float]]]:
         """For each image input, up to ``options.num_return`` captions with log-probabilities,
         best first (greedy by default). Images go through in padded batches of
         ``batch_size`` (or fewer, for a few images), so a new image count does not recompile.
+        With a ``reranker`` (:meth:`consensus_reranker`) each image's captions (the beam's
+        n-best: pass ``num_return`` = ``beam_size``) come back in consensus order.
         """
         options = options or self.options()
         image_inputs = np.asarray(image_inputs)
         batch_size = min(batch_size, 1 << max(len(image_inputs) - 1, 0).bit_length())
-        return evaluate.generate_captions(
+        generated = evaluate.generate_captions(
             self.model, self.params, image_inputs, self.vocab, options, batch_size
         )
+        return generated if reranker is None else reranker.rerank(image_inputs, generated)
+
+    def consensus_reranker(self, max_train_images: int | None = None, **overrides):
+        """A :class:`~mrnn_jax.consensus.ConsensusReranker` over the run's training images
+        (the dataset of its config; the first ``max_train_images`` only, if given), with the
+        config's ``rerank`` values changed by ``overrides`` (e.g. ``metric="BLEU"``)."""
+        from mrnn_jax import consensus
+
+        options = consensus.ConsensusOptions.from_config(self.config.rerank, **overrides)
+        return consensus.load_reranker(
+            self.model, self.params, self.config, options, max_train_images=max_train_images
+        )
+
+    def rerank_options(self, **overrides) -> decode.DecodeOptions:
+        """Beam-search options returning the n-best that consensus reranking reorders (the
+        config's ``rerank.num_hypotheses`` beams), changed by ``overrides``."""
+        k = int(self.config.rerank.num_hypotheses)
+        return self.options(**{"strategy": "beam", "beam_size": k, "num_return": k, **overrides})
 
     def caption(
         self, image_inputs: np.ndarray, max_words: int | None = None

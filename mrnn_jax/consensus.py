@@ -19,6 +19,7 @@ training side and reranks candidates.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections import Counter
@@ -269,6 +270,15 @@ class ConsensusReranker:
         self.documents = [[tokenised(c) for c in captions] for captions in train_captions]
         self.first_row = np.cumsum([0] + [len(d) for d in self.documents])
         self.cider = PairCider(self.documents) if options.metric == "CIDEr" else None
+
+    def with_metric(self, metric: str) -> ConsensusReranker:
+        """The same training side (features, captions) scoring agreement by ``metric``."""
+        if metric == self.options.metric:
+            return self
+        other = copy.copy(self)
+        other.options = dataclasses.replace(self.options, metric=metric)
+        other.cider = PairCider(self.documents) if metric == "CIDEr" else None
+        return other
 
     def neighbours(self, image_inputs: np.ndarray) -> np.ndarray:
         """Indices ``[N, k]`` of each image's nearest training images, nearest first."""
