@@ -197,9 +197,12 @@ def evaluate_captioning(
     image_ids = [record.image_id for record in data.records]
     hypotheses = {i: candidates[0][0] for i, candidates in zip(image_ids, generated, strict=True)}
     references = {record.image_id: list(record.captions) for record in data.records}
-    scores = caption_metrics.score_captions(
-        hypotheses, references, caption_metrics.METRICS if metrics is None else metrics
-    )
+    if metrics is not None and not metrics:  # nothing to score: no scorer needed
+        scores = caption_metrics.CaptionScores(per_image={})
+    else:
+        scores = caption_metrics.score_captions(
+            hypotheses, references, caption_metrics.METRICS if metrics is None else metrics
+        )
     values: dict[str, float | None] = {}
     if not math.isnan(perplexity):
         values["perplexity"] = perplexity

@@ -84,6 +84,28 @@ def check_config(evaluators_config: ConfigDict) -> None:
             raise MrnnError(f"evaluators.{name}.strategy must be greedy or beam")
 
 
+def check_scorers(config: ConfigDict) -> None:
+    """Raises :class:`MrnnError` when the run scores captions (an enabled captions
+    evaluator, or ``eval.metrics``) but the coco-caption scorers are not installed."""
+    scoring = [
+        f"evaluators.{name}"
+        for name, entry in config.evaluators.items()
+        if entry.get("kind") == "captions" and int(entry.get("every", 0)) >= 0
+    ]
+    if config.eval.get("metrics"):
+        scoring.append("eval.metrics")
+    if not scoring:
+        return
+    try:
+        import pycocoevalcap  # noqa: F401
+    except ImportError:
+        raise MrnnError(
+            f"{', '.join(scoring)} score captions with pycocoevalcap, which is not installed: "
+            "pip install 'mrnn-jax[eval]', or set evaluators.captions.every=-1 and "
+            "eval.metrics=()"
+        ) from None
+
+
 def _subset(data: SplitData, num_images: int) -> SplitData:
     if not num_images or num_images >= len(data.records):
         return data

@@ -311,6 +311,7 @@ def train_and_evaluate(
         log.info("encoder: %s from %s", config.encoder.name, encoder_meta["source"]["file_name"])
     selector = Selector.from_config(tc)
     evaluators.check_config(config.evaluators)
+    evaluators.check_scorers(config)
     wanted = {"train", "val", *config.eval.splits, *evaluators.split_names(config.evaluators)}
     needed = None if config.dataset.name == "shapes" else wanted
     dataset = load_dataset(config.dataset, config.encoder, needed)

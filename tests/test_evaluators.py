@@ -219,3 +219,16 @@ def test_selector_never_prefers_missing_or_non_finite_values():
     assert not selector.better(1.0, 1.0)  # a tie keeps the earlier checkpoint
     assert selector.read({"val/CIDEr-D": 2.5, "val/perplexity": 3.0}) == 2.5
     assert selector.read({"val/perplexity": 3.0}) is None
+
+
+def test_scoring_without_pycocoevalcap_is_one_line_error(monkeypatch):
+    import sys
+
+    from mrnn_jax import evaluators
+
+    config = configs.load_config("tiny")
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # as if not installed
+    with pytest.raises(MrnnError, match=r"evaluators.captions, eval.metrics .*\[eval\]"):
+        evaluators.check_scorers(config)
+    configs.apply_overrides(config, ["evaluators.captions.every=-1", "eval.metrics=()"])
+    evaluators.check_scorers(config)  # nothing scores captions: no scorer needed
