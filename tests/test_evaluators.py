@@ -232,3 +232,64 @@ def test_scoring_without_pycocoevalcap_is_one_line_error(monkeypatch):
         evaluators.check_scorers(config)
     configs.apply_overrides(config, ["evaluators.captions.every=-1", "eval.metrics=()"])
     evaluators.check_scorers(config)  # nothing scores captions: no scorer needed
+
+
+def test_retrieval_evaluator_logs_both_directions_of_its_subset():
+    import jax
+
+    from mrnn_jax import evaluators, retrieval, sharding
+    from mrnn_jax.data import load_dataset
+    from mrnn_jax.data.pipeline import CaptionTable
+    from mrnn_jax.model import make_model
+    from mrnn_jax.train import build_vocab
+
+    overrides = ["evaluators.retrieval.every=5", "evaluators.retrieval.num_images=4"]
+    config = configs.load_config("tiny", overrides)
+    splits = load_dataset(config.dataset, config.encoder).splits
+    vocab = build_vocab(splits["train"].records, 1)
+    model = make_model(config.model, config.encoder, len(vocab))
+    val = splits["val"]
+    params = model.init(jax.random.key(0), val.inputs[:1], np.zeros((1, 3), np.int32))["params"]
+    mesh = sharding.make_mesh(1)
+    built = {e.name: e for e in evaluators.build_evaluators(config, model, vocab, splits, mesh)}
+    assert built["retrieval"].every == 5 and built["perplexity"].every == config.train.eval_every
+    scalars = built["retrieval"].run(params)
+    table = CaptionTable.build_uncut(val.records[:4], vocab, config.dataset.max_words)
+    expected, _, _ = retrieval.evaluate_retrieval(
+        model, {"params": params}, table.tokens, table.image_index, val.inputs[:4]
+    )
+    for direction, short in (("image retrieval", "image"), ("sentence retrieval", "sentence")):
+        for key in ("R@1", "R@5", "R@10", "median rank"):
+            assert scalars[f"{short} {key}"] == expected[direction][key]
+    assert evaluators.due(built.values(), 5, last=False) == [built["retrieval"]]
+
+
+def test_resumed_selection_continues_or_restarts():
+    from mrnn_jax.train import _resumed_best
+
+    by_cider = Selector("val/CIDEr-D", maximise=True)
+    by_perplexity = Selector("val/perplexity", maximise=False)
+    meta = {"selected_by": "val/CIDEr-D", "best_value": 0.5, "best_scalars": {"val/CIDEr-D": 0.5}}
+    assert _resumed_best(meta, by_cider) == (0.5, {"val/CIDEr-D": 0.5})
+    assert _resumed_best(meta, by_perplexity) == (float("inf"), {})  # selection starts afresh
+    old = {"best_val_perplexity": 3.0}  # a checkpoint from before train.select_by
+    assert _resumed_best(old, by_perplexity) == (3.0, {"val/perplexity": 3.0})
+    assert _resumed_best(old, by_cider) == (-float("inf"), {})
+
+
+def test_tensorboard_after_a_lost_checkpoint_shows_each_step_once(tmp_path):
+    """A run killed after logging steps its last checkpoint does not hold relogs them on
+    resume; TensorBoard's reader then sees every step once, with the resumed run's values."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    overrides = ["train.num_steps=20", "train.eval_every=10", "train.checkpoint_every=10"]
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(configs.load_config("tiny", overrides), workdir, progress=False)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))  # as if killed before saving
+    train_and_evaluate(configs.load_config("tiny", overrides), workdir, progress=False)
+    events = event_accumulator.EventAccumulator(workdir, purge_orphaned_data=True)
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [5, 10, 15, 20]
+    last = [r for r in _rows(workdir) if r["split"] == "train"][-1]
+    assert events.Scalars("train/loss")[-1].value == pytest.approx(last["loss"], rel=1e-6)
