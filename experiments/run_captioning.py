@@ -140,7 +140,8 @@ def rerank_details(args: argparse.Namespace, model) -> list[dict] | None:
     if args.rerank != "consensus":
         return None
     metrics = args.rerank_metric or [None]
-    return [dataclasses.asdict(_rerank_options(args, model, m)) for m in metrics]
+    chosen = [_rerank_options(args, model, m) for m in metrics]
+    return [{**dataclasses.asdict(o), "references_kept": o.references_kept} for o in chosen]
 
 
 def reranked(args, model, setup, max_words: int, perplexity: float) -> dict[str, Reranked]:

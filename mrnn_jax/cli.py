@@ -437,7 +437,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "split": args.split,
                 "num_images": len(data.records),
                 "decoding": dataclasses.asdict(options),
-                "rerank": None if reranker is None else dataclasses.asdict(rerank),
+                "rerank": None
+                if reranker is None
+                else {**dataclasses.asdict(rerank), "references_kept": rerank.references_kept},
                 "metrics": result.metrics,
                 "unavailable": result.unavailable,
             },

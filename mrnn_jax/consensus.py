@@ -36,6 +36,8 @@ from mrnn_jax.ptb_tokenizer import ptb_tokenize
 
 FEATURES = ("projection", "cnn")
 METRICS = ("CIDEr", "BLEU")
+#: The authors' m per metric (mRNN-CR's conf_cr.py, validated on their COCO split).
+AUTHORS_REFERENCES = {"CIDEr": 125, "BLEU": 175}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +47,15 @@ class ConsensusOptions:
     Attributes:
       features: "projection" (the model's V_I·I, the authors' choice) or "cnn" (I itself).
       num_neighbours: nearest training images whose captions are the references (k).
-      num_references: the best-agreeing references averaged per hypothesis (m).
+      num_references: the best-agreeing references averaged per hypothesis (m); 0 = the
+        authors' value for the metric (:data:`AUTHORS_REFERENCES`: 125 CIDEr, 175 BLEU).
       num_hypotheses: beam-search hypotheses reranked (the beam size).
       metric: "CIDEr" (CIDEr-D) or "BLEU" (BLEU-4).
     """
 
     features: str = "projection"
     num_neighbours: int = 60
-    num_references: int = 125
+    num_references: int = 0
     num_hypotheses: int = 10
     metric: str = "CIDEr"
 
@@ -61,9 +64,16 @@ class ConsensusOptions:
             raise MrnnError(f"rerank.features={self.features!r}: choose from {FEATURES}")
         if self.metric not in METRICS:
             raise MrnnError(f"rerank.metric={self.metric!r}: choose from {METRICS}")
-        for name in ("num_neighbours", "num_references", "num_hypotheses"):
+        for name in ("num_neighbours", "num_hypotheses"):
             if getattr(self, name) < 1:
                 raise MrnnError(f"rerank.{name} must be positive, got {getattr(self, name)}")
+        if self.num_references < 0:
+            raise MrnnError(f"rerank.num_references must be >= 0, got {self.num_references}")
+
+    @property
+    def references_kept(self) -> int:
+        """m: how many of the best single-reference scores are averaged."""
+        return self.num_references or AUTHORS_REFERENCES[self.metric]
 
     @classmethod
     def from_config(cls, rerank_config: ConfigDict, **overrides) -> ConsensusOptions:
@@ -306,7 +316,7 @@ class ConsensusReranker:
             else:
                 sentences = [self.reference_sentence(r) for r in rows]
                 pair = pair_bleu4(tokens, sentences)
-            scores.append(consensus_score(pair, self.options.num_references))
+            scores.append(consensus_score(pair, self.options.references_kept))
         return scores
 
     def reference_sentence(self, row: int) -> str:

@@ -120,7 +120,10 @@ def test_options_come_from_the_config_and_are_checked():
 
     config = configs.load_config("default")
     options = consensus.ConsensusOptions.from_config(config.rerank, metric="BLEU")
-    assert (options.num_neighbours, options.num_references, options.num_hypotheses) == (60, 125, 10)
+    assert (options.num_neighbours, options.num_hypotheses) == (60, 10)
+    assert options.references_kept == 175  # the authors' m for BLEU; 125 for CIDEr
+    assert consensus.ConsensusOptions().references_kept == 125
+    assert consensus.ConsensusOptions(num_references=7).references_kept == 7
     assert options.metric == "BLEU" and options.features == "projection"
     with pytest.raises(MrnnError, match="rerank.metric"):
         consensus.ConsensusOptions(metric="METEOR")

@@ -161,13 +161,13 @@ def get_config() -> ConfigDict:
     # hypotheses reranked by their agreement with the captions of the nearest training
     # images. Values: the authors' mRNN-CR package (validated there on COCO): neighbours by
     # Euclidean distance between the model's projected features V_I I ("projection"; "cnn"
-    # uses I), k = 60 neighbours, the mean of the m = 125 best-agreeing references (the
-    # authors take 175 for BLEU), 10 hypotheses (their beam of 10), CIDEr-D ("CIDEr") or
+    # uses I), k = 60 neighbours, the mean of the m best-agreeing references (0 = theirs:
+    # 125 for CIDEr, 175 for BLEU), 10 hypotheses (their beam of 10), CIDEr-D ("CIDEr") or
     # BLEU-4 ("BLEU").
     c.rerank = ConfigDict()
     c.rerank.features = "projection"
     c.rerank.num_neighbours = 60
-    c.rerank.num_references = 125
+    c.rerank.num_references = 0
     c.rerank.num_hypotheses = 10
     c.rerank.metric = "CIDEr"
 
