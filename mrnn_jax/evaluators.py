@@ -156,11 +156,21 @@ def due(evaluators: Iterable[Evaluator], step: int, last: bool) -> list[Evaluato
     return [e for e in evaluators if e.due(step, last)]
 
 
-def produces(evaluators: Iterable[Evaluator], metric: str) -> bool:
-    """Whether an enabled evaluator logs under ``metric``'s prefix (its names are known only
-    once it has run)."""
+def check_selection(evaluators_config: ConfigDict, metric: str) -> None:
+    """Raises :class:`MrnnError` unless an enabled evaluator logs under ``metric``'s prefix
+    (the names within a prefix are known only once its evaluators have run)."""
+    prefixes = {
+        name: str(entry.get("prefix", "") or entry.split)
+        for name, entry in evaluators_config.items()
+        if int(entry.get("every", 0)) >= 0
+    }
     prefix = metric.split("/", 1)[0]
-    return any(e.prefix == prefix and e.every > 0 for e in evaluators)
+    if prefix not in prefixes.values():
+        listed = ", ".join(f"{name} -> {p}/" for name, p in prefixes.items()) or "none enabled"
+        raise MrnnError(
+            f"train.select_by={metric!r}: no enabled evaluator logs under {prefix!r} "
+            f"(config.evaluators: {listed})"
+        )
 
 
 def _perplexity(model, vocab, data, max_words, batch_size, mesh) -> Callable:

@@ -312,6 +312,7 @@ def train_and_evaluate(
     selector = Selector.from_config(tc)
     evaluators.check_config(config.evaluators)
     evaluators.check_scorers(config)
+    evaluators.check_selection(config.evaluators, selector.metric)
     wanted = {"train", "val", *config.eval.splits, *evaluators.split_names(config.evaluators)}
     needed = None if config.dataset.name == "shapes" else wanted
     dataset = load_dataset(config.dataset, config.encoder, needed)
@@ -435,13 +436,6 @@ def _train_and_evaluate(
         train_step = jit_train_step(pure_step, mesh)
     metrics_log = MetricsLog(workdir, enabled=primary)
     run_evaluators = evaluators.build_evaluators(config, model, vocab, splits, mesh)
-    if not evaluators.produces(run_evaluators, selector.metric):
-        raise MrnnError(
-            f"train.select_by={selector.metric!r}: no enabled evaluator logs under "
-            f"{selector.prefix!r} (config.evaluators: "
-            + ", ".join(f"{e.name} -> {e.prefix}/" for e in run_evaluators if e.every > 0)
-            + ")"
-        )
     step = int(sharding.to_host(state.step))
     window: list[dict] = []
     window_start = time.time()

@@ -165,6 +165,7 @@ def test_select_by_a_scalar_no_evaluator_logs_is_one_line_error(tmp_path):
     config = configs.load_config("tiny", ["train.select_by=dev/CIDEr-D", "train.num_steps=2"])
     with pytest.raises(MrnnError, match="no enabled evaluator logs under 'dev'"):
         train_and_evaluate(config, str(tmp_path / "run"), progress=False)
+    assert not os.path.exists(tmp_path / "run")  # refused before anything is written
 
 
 def test_select_by_an_unknown_name_fails_at_the_first_evaluation(tmp_path):
