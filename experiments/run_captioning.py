@@ -11,8 +11,15 @@ writes, under --out:
   captioning_<split>.html         one self-contained page: each image with its generated
                                   captions and references, sortable by per-image CIDEr-D
 
+With --rerank consensus it also evaluates consensus reranking (ICLR 2015 section 8): the
+n-best of a beam of rerank.num_hypotheses (the checkpoint config's, or --rerank-hypotheses)
+reranked by agreement with the captions of the nearest training images, one row per
+--rerank-metric, beside the plain beam of the same size.
+
 Example:
   python experiments/run_captioning.py --checkpoint runs/shapes --split test --beam 3
+  python experiments/run_captioning.py --checkpoint runs/shapes --beam 3 --rerank consensus \
+      --rerank-metric CIDEr BLEU
 """
 
 from __future__ import annotations
@@ -59,6 +66,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--rerank",
+        choices=("none", "consensus"),
+        default="none",
+        help="also evaluate consensus reranking of a beam's n-best",
+    )
+    parser.add_argument(
+        "--rerank-metric",
+        nargs="+",
+        choices=("CIDEr", "BLEU"),
+        default=None,
+        help="consensus metric(s), one row each (default: the config's rerank.metric)",
+    )
+    parser.add_argument(
+        "--rerank-features",
+        choices=("projection", "cnn"),
+        default=None,
+        help="neighbours by V_I I or the CNN's I (default: the config's rerank.features)",
+    )
+    parser.add_argument(
+        "--rerank-hypotheses",
+        type=int,
+        default=None,
+        help="beam size whose n-best is reranked (default: the config's rerank.num_hypotheses)",
+    )
     parser.add_argument("--max-images", type=int, default=None, help="first N images only")
     parser.add_argument("--max-words", type=int, default=None, help="longest caption in words")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch")
@@ -82,6 +114,75 @@ def strategies(args: argparse.Namespace, max_words: int) -> dict[str, DecodeOpti
             strategy="sample", max_words=max_words, temperature=args.temperature, seed=args.seed
         )
     return out
+
+
+@dataclasses.dataclass
+class Reranked:
+    """One row of the table: its decoding and its evaluation."""
+
+    options: DecodeOptions
+    result: evaluate.CaptioningResult
+
+
+def _rerank_options(args: argparse.Namespace, model, metric: str | None = None):
+    from mrnn_jax import consensus
+
+    return consensus.ConsensusOptions.from_config(
+        model.config.rerank,
+        metric=metric,
+        features=args.rerank_features,
+        num_hypotheses=args.rerank_hypotheses,
+    )
+
+
+def rerank_details(args: argparse.Namespace, model) -> list[dict] | None:
+    """The consensus-reranking options of each reranked row (None without --rerank)."""
+    if args.rerank != "consensus":
+        return None
+    metrics = args.rerank_metric or [None]
+    chosen = [_rerank_options(args, model, m) for m in metrics]
+    return [{**dataclasses.asdict(o), "references_kept": o.references_kept} for o in chosen]
+
+
+def reranked(args, model, setup, max_words: int, perplexity: float) -> dict[str, Reranked]:
+    """The plain beam of rerank.num_hypotheses and its consensus rerankings, by row name."""
+    from mrnn_jax import consensus
+
+    data, mesh, batch_size, params = setup.data, setup.mesh, setup.batch_size, setup.params
+    first = _rerank_options(args, model)
+    k = first.num_hypotheses
+    options = DecodeOptions(
+        strategy="beam",
+        beam_size=k,
+        num_return=k,
+        max_words=max_words,
+        length_penalty=args.length_penalty,
+    )
+    common = dict(
+        max_words=model.config.dataset.max_words,
+        batch_size=batch_size,
+        mesh=mesh,
+        perplexity=perplexity,
+    )
+    plain = evaluate.evaluate_captioning(
+        model.model, params, data, model.vocab, options, progress=not args.no_progress, **common
+    )
+    rows = {f"beam K={k} n-best": Reranked(options, plain)}
+    reranker = consensus.load_reranker(model.model, params, model.config, first, batch_size)
+    for metric in args.rerank_metric or [first.metric]:
+        reranker = reranker.with_metric(metric)
+        result = evaluate.evaluate_captioning(
+            model.model,
+            params,
+            data,
+            model.vocab,
+            options,
+            generated=plain.captions,
+            reranker=reranker,
+            **common,
+        )
+        rows[f"beam K={k} + consensus {metric}"] = Reranked(options, result)
+    return rows
 
 
 def markdown_table(rows: dict[str, dict[str, float | None]]) -> str:
@@ -113,6 +214,22 @@ def main(argv: list[str] | None = None) -> None:
     )["perplexity"]
     chosen = strategies(args, max_words)
     rows, results, unavailable = {}, {}, {}
+
+    def record(name: str, result: evaluate.CaptioningResult) -> None:
+        rows[name], results[name] = result.metrics, result
+        unavailable.update(result.unavailable)
+        slug = name.replace(" ", "").replace("=", "").replace("+", "_")
+        caption_metrics.save_results(
+            os.path.join(args.out, f"captions_{args.split}_{slug}.json"),
+            dict(zip(result.image_ids, (c[0][0] for c in result.captions), strict=True)),
+        )
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in result.metrics.items()
+            )
+        )
+
     for name, options in chosen.items():
         result = evaluate.evaluate_captioning(
             model.model,
@@ -126,19 +243,11 @@ def main(argv: list[str] | None = None) -> None:
             progress=not args.no_progress,
             perplexity=perplexity,
         )
-        rows[name], results[name] = result.metrics, result
-        unavailable.update(result.unavailable)
-        slug = name.replace(" ", "").replace("=", "")
-        caption_metrics.save_results(
-            os.path.join(args.out, f"captions_{args.split}_{slug}.json"),
-            dict(zip(result.image_ids, (c[0][0] for c in result.captions), strict=True)),
-        )
-        print(
-            f"{name}: "
-            + ", ".join(
-                f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in result.metrics.items()
-            )
-        )
+        record(name, result)
+    if args.rerank == "consensus":
+        for name, result in reranked(args, model, setup, max_words, perplexity).items():
+            chosen[name] = result.options
+            record(name, result.result)
 
     markdown = markdown_table(rows)
     details = (
@@ -161,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                 name: {"decoding": dataclasses.asdict(opts), "metrics": rows[name]}
                 for name, opts in chosen.items()
             },
+            "rerank": rerank_details(args, model),
             "unavailable": unavailable,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "date": time.strftime("%Y-%m-%d"),

@@ -49,7 +49,7 @@ def markdown_table(results: dict[str, dict]) -> str:
             versus = "(baseline)" if values is blind[split] else f"{100 * reduction:.1f}% lower"
             lines.append(
                 f"| {name} | {split} | {values['perplexity']:.3f} | {versus} | "
-                f"{100 * values['phrase_accuracy']:.1f}% |"
+                f"{100 * values['largest object named']:.1f}% |"
             )
     return "\n".join(lines)
 

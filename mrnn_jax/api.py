@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,7 +31,6 @@ from mrnn_jax.captioner import Captioner, load
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.files import write_json_atomic
 from mrnn_jax.images import ImageError
-from mrnn_jax.vocab import tokenize
 
 log = logging.getLogger("mrnn_jax")
 
@@ -78,13 +77,15 @@ def caption(
     temperature: float = 1.0,
     length_penalty: float = 0.0,
     seed: int = 0,
+    allow_unk: bool = False,
     batch_size: int = 32,
 ) -> list[list[Caption]]:
     """For each image, up to ``num_return`` captions with their log-probabilities, best first.
 
     ``strategy`` is ``greedy`` (one caption), ``beam`` (``beam_size`` beams, GNMT
     ``length_penalty``) or ``sample`` (``num_return`` draws at ``temperature`` from
-    ``seed``). ``max_words`` defaults to the run's caption length.
+    ``seed``). ``max_words`` defaults to the run's caption length. ``<unk>`` is never
+    chosen unless ``allow_unk``.
     """
     options = model.options(
         strategy=strategy,
@@ -93,6 +94,7 @@ def caption(
         temperature=temperature,
         length_penalty=length_penalty,
         seed=seed,
+        allow_unk=allow_unk,
         **({} if max_words is None else {"max_words": max_words}),
     )
     results = model.generate(model.image_inputs(images), options, batch_size=batch_size)
@@ -242,7 +244,7 @@ class SearchResult:
 def _sentence_tokens(model: Captioner, sentences: Sequence[str]) -> np.ndarray:
     """Sentences encoded for scoring, padded to the run's caption length (or the next
     multiple of 8 above it), so that most queries share one compiled shape."""
-    words = [tokenize(s) for s in sentences]
+    words = [model.vocab.tokenize(s) for s in sentences]
     empty = [s for s, w in zip(sentences, words, strict=True) if not w]
     if empty:
         raise MrnnError(f"the sentence {empty[0]!r} has no words")
@@ -268,7 +270,7 @@ def search(
         raise MrnnError(f"top must be at least 1, got {top}")
     scores = score(model, gallery.inputs, [sentence])[0]
     order = np.argsort(-scores, kind="stable")[:top]
-    unknown = [w for w in tokenize(sentence) if w not in model.vocab]
+    unknown = [w for w in model.vocab.tokenize(sentence) if w not in model.vocab]
     return SearchResult(
         matches=[Match(int(i), gallery.names[i], float(scores[i])) for i in order],
         unknown_words=unknown,
@@ -283,6 +285,7 @@ class CaptionEvaluation:
       split: the evaluated split.
       num_images: how many of its images were captioned.
       decoding: the decoding options used.
+      rerank: the consensus reranking options, or None.
       metrics: perplexity, BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (None where unavailable)
         and, on ``shapes``, the share of captions naming the largest object.
       unavailable: metric -> why it could not be computed.
@@ -292,6 +295,7 @@ class CaptionEvaluation:
     split: str
     num_images: int
     decoding: decode.DecodeOptions
+    rerank: Any
     metrics: dict
     unavailable: dict
     result: evaluate.CaptioningResult
@@ -308,6 +312,10 @@ def evaluate_captioning(
     temperature: float = 1.0,
     length_penalty: float = 0.0,
     seed: int = 0,
+    allow_unk: bool = False,
+    rerank: str | None = None,
+    rerank_metric: str | None = None,
+    rerank_features: str | None = None,
     max_images: int | None = None,
     batch_size: int | None = None,
     json_path: str | None = None,
@@ -316,7 +324,30 @@ def evaluate_captioning(
 ) -> CaptionEvaluation:
     """Perplexity and the coco-caption metrics of captions generated for a split of the
     run's dataset (decoding as in :func:`caption`; the first ``max_images`` images only if
-    given), also written as JSON to ``json_path`` if given (``checkpoint`` recorded in it)."""
+    given), also written as JSON to ``json_path`` if given (``checkpoint`` recorded in it).
+
+    ``rerank="consensus"`` reranks the beam's n best by their agreement with the captions of
+    the nearest training images (ICLR 2015 section 8; the config's ``rerank`` section, with
+    ``rerank_metric`` / ``rerank_features`` overriding it; the beam size defaults to its
+    ``num_hypotheses``)."""
+    consensus_options = None
+    if rerank not in (None, "none"):
+        from mrnn_jax import consensus
+
+        if rerank != "consensus":
+            raise MrnnError(f"unknown reranking {rerank!r}: choose consensus")
+        if strategy == "sample":
+            raise MrnnError("consensus reranking reranks beam-search hypotheses, not samples")
+        consensus_options = consensus.ConsensusOptions.from_config(
+            model.config.rerank,
+            metric=rerank_metric,
+            features=rerank_features,
+            num_hypotheses=beam_size if strategy == "beam" else None,
+        )
+        strategy = "beam"
+        beam_size = num_return = consensus_options.num_hypotheses
+    elif rerank_metric or rerank_features:
+        raise MrnnError("rerank_metric and rerank_features need rerank='consensus'")
     options = model.options(
         strategy=strategy,
         beam_size=beam_size,
@@ -324,9 +355,15 @@ def evaluate_captioning(
         temperature=temperature,
         length_penalty=length_penalty,
         seed=seed,
+        allow_unk=allow_unk,
         **({} if max_words is None else {"max_words": max_words}),
     )
     setup = evaluate.prepare_split_evaluation(model, split, max_images, batch_size)
+    reranker = None
+    if consensus_options is not None:
+        reranker = consensus.load_reranker(
+            model.model, setup.params, model.config, consensus_options, setup.batch_size
+        )
     result = evaluate.evaluate_captioning(
         model.model,
         setup.params,
@@ -337,11 +374,13 @@ def evaluate_captioning(
         batch_size=setup.batch_size,
         mesh=setup.mesh,
         progress=progress,
+        reranker=reranker,
     )
     evaluation = CaptionEvaluation(
         split=split,
         num_images=len(setup.data.records),
         decoding=options,
+        rerank=consensus_options,
         metrics=result.metrics,
         unavailable=result.unavailable,
         result=result,
@@ -355,6 +394,12 @@ def evaluate_captioning(
                 "split": split,
                 "num_images": evaluation.num_images,
                 "decoding": dataclasses.asdict(options),
+                "rerank": None
+                if consensus_options is None
+                else {
+                    **dataclasses.asdict(consensus_options),
+                    "references_kept": consensus_options.references_kept,
+                },
                 "metrics": result.metrics,
                 "unavailable": result.unavailable,
             },

@@ -10,14 +10,13 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from mrnn_jax import checkpoint, configs, decode, metrics
-from mrnn_jax.data.pipeline import image_batches
+from mrnn_jax import checkpoint, configs, decode, evaluate, metrics
 from mrnn_jax.encoders import takes_pixels
 from mrnn_jax.encoders.extractor import FeatureExtractor, from_provenance
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.images import load_images
 from mrnn_jax.model import MRNN, make_model
-from mrnn_jax.vocab import Vocabulary, tokenize
+from mrnn_jax.vocab import Vocabulary
 
 
 @dataclasses.dataclass
@@ -108,29 +107,38 @@ class Captioner:
         image_inputs: np.ndarray,
         options: decode.DecodeOptions | None = None,
         batch_size: int = 32,
+        reranker=None,
     ) -> list[list[tuple[str, float]]]:
         """For each image input, up to ``options.num_return`` captions with log-probabilities,
         best first (greedy by default). Images go through in padded batches of
         ``batch_size`` (or fewer, for a few images), so a new image count does not recompile.
+        With a ``reranker`` (:meth:`consensus_reranker`) each image's captions (the beam's
+        n-best: pass ``num_return`` = ``beam_size``) come back in consensus order.
         """
         options = options or self.options()
         image_inputs = np.asarray(image_inputs)
         batch_size = min(batch_size, 1 << max(len(image_inputs) - 1, 0).bit_length())
-        results = []
-        for index, (batch, count) in enumerate(image_batches(image_inputs, batch_size)):
-            tokens, log_prob = decode.generate(
-                self.model, {"params": self.params}, batch, options, index * batch_size
-            )
-            tokens, log_prob = jax.device_get((tokens, log_prob))
-            for row_tokens, row_log_prob in zip(tokens[:count], log_prob[:count], strict=True):
-                results.append(
-                    [
-                        (" ".join(self.vocab.decode(t)), float(lp))
-                        for t, lp in zip(row_tokens, row_log_prob, strict=True)
-                        if decode.is_real(lp)
-                    ]
-                )
-        return results
+        generated = evaluate.generate_captions(
+            self.model, self.params, image_inputs, self.vocab, options, batch_size
+        )
+        return generated if reranker is None else reranker.rerank(image_inputs, generated)
+
+    def consensus_reranker(self, max_train_images: int | None = None, **overrides):
+        """A :class:`~mrnn_jax.consensus.ConsensusReranker` over the run's training images
+        (the dataset of its config; the first ``max_train_images`` only, if given), with the
+        config's ``rerank`` values changed by ``overrides`` (e.g. ``metric="BLEU"``)."""
+        from mrnn_jax import consensus
+
+        options = consensus.ConsensusOptions.from_config(self.config.rerank, **overrides)
+        return consensus.load_reranker(
+            self.model, self.params, self.config, options, max_train_images=max_train_images
+        )
+
+    def rerank_options(self, **overrides) -> decode.DecodeOptions:
+        """Beam-search options returning the n-best that consensus reranking reorders (the
+        config's ``rerank.num_hypotheses`` beams), changed by ``overrides``."""
+        k = int(self.config.rerank.num_hypotheses)
+        return self.options(**{"strategy": "beam", "beam_size": k, "num_return": k, **overrides})
 
     def caption(
         self, image_inputs: np.ndarray, max_words: int | None = None
@@ -148,7 +156,7 @@ class Captioner:
     def log_likelihood(self, image_inputs: np.ndarray, captions: Sequence[str]) -> np.ndarray:
         """log P(caption | image) in nats, for aligned lists of image inputs and captions."""
         tokens = self.vocab.encode_batch(
-            [tokenize(c) for c in captions], self.config.dataset.max_words
+            [self.vocab.tokenize(c) for c in captions], self.config.dataset.max_words
         )
         inputs, targets, mask = metrics.shift_tokens(tokens)
         logits = self.model.apply({"params": self.params}, np.asarray(image_inputs), inputs)

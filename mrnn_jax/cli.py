@@ -91,6 +91,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="precision of the matrix products (default: the one it was trained with)",
     )
+    rerank = evaluate.add_argument_group("consensus reranking (ICLR 2015 section 8)")
+    rerank.add_argument(
+        "--rerank",
+        choices=("none", "consensus"),
+        default="none",
+        help="rerank the beam's n-best by agreement with the captions of the nearest "
+        "training images (beam size: --beam, else the config's rerank.num_hypotheses)",
+    )
+    rerank.add_argument(
+        "--rerank-metric", choices=("CIDEr", "BLEU"), default=None, help="default: config's"
+    )
+    rerank.add_argument(
+        "--rerank-features",
+        choices=("projection", "cnn"),
+        default=None,
+        help="neighbours by V_I I (projection) or the CNN's I (default: the config's)",
+    )
     evaluate.add_argument("--json", default=None, help="write the metrics to this JSON file")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -340,6 +357,11 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--length-penalty", type=float, default=0.0, help="beam search length penalty alpha"
     )
+    group.add_argument(
+        "--allow-unk",
+        action="store_true",
+        help="let captions contain <unk> (by default the unknown-word token is never chosen)",
+    )
 
 
 def _decoding(args: argparse.Namespace) -> dict:
@@ -358,16 +380,23 @@ def _decoding(args: argparse.Namespace) -> dict:
             "strategy": "beam",
             "beam_size": args.beam,
             "length_penalty": args.length_penalty,
+            "allow_unk": args.allow_unk,
         }
     if args.sample:
-        return {**fields, "strategy": "sample", "temperature": args.temperature, "seed": args.seed}
+        return {
+            **fields,
+            "strategy": "sample",
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "allow_unk": args.allow_unk,
+        }
     if top != 1:
         raise MrnnError("--top needs --beam or --sample")
-    return {**fields, "strategy": "greedy"}
+    return {**fields, "strategy": "greedy", "allow_unk": args.allow_unk}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mrnn_jax import configs, train
+    from mrnn_jax import configs, evaluate, train
 
     _start_distributed(args)
     config = configs.load_config(args.config, [*_data_overrides(args), *args.overrides])
@@ -378,16 +407,17 @@ def _train(args: argparse.Namespace) -> int:
 
     if not is_primary():
         return 0
-    print(
-        f"best checkpoint: step {results['best_step']}, "
-        f"validation perplexity {results['best_val_perplexity']:.3f}"
-    )
+    selected = results["selected_by"]
+    value = "n/a" if selected["value"] is None else f"{selected['value']:.4f}"
+    print(f"best checkpoint: step {results['best_step']}, {selected['metric']} {value}")
     for kind, skipped in results.get("data", {}).get("skipped", {}).items():
         print(f"data: {skipped['count']} {kind}")
     for split, values in results["splits"].items():
         line = f"{split}: perplexity {values['perplexity']:.3f}"
-        if "phrase_accuracy" in values:
-            line += f", largest object named {100 * values['phrase_accuracy']:.1f}%"
+        if "CIDEr-D" in values and values["CIDEr-D"] is not None:
+            line += f", CIDEr-D {values['CIDEr-D']:.3f}"
+        if evaluate.PHRASE_ACCURACY in values:
+            line += f", largest object named {100 * values[evaluate.PHRASE_ACCURACY]:.1f}%"
         print(line)
     print(f"results: {os.path.join(args.workdir, 'results.json')}")
     return 0
@@ -413,6 +443,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         model,
         args.split,
         **decoding,
+        rerank=args.rerank,
+        rerank_metric=args.rerank_metric,
+        rerank_features=args.rerank_features,
         max_images=args.max_images,
         batch_size=args.batch_size,
         json_path=args.json,
@@ -423,6 +456,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"{args.split} ({evaluation.num_images} images, {options.strategy}"
         + (f" K={options.beam_size}" if options.strategy == "beam" else "")
+        + (
+            f", consensus reranking by {evaluation.rerank.metric}"
+            if evaluation.rerank is not None
+            else ""
+        )
         + "):"
     )
     for name, value in evaluation.metrics.items():

@@ -7,7 +7,9 @@ V_I I is computed once per image, then each step runs the recurrent layer and th
 Toy models (Markov chains in the tests) plug into the same interface.
 
 Conventions shared by every strategy: a caption has at most ``max_words`` words, followed by
-the end token if the model chose it; padding and the start token are never generated; scores
+the end token if the model chose it; padding and the start token are never generated, nor
+the unknown-word token unless ``allow_unk`` asks for it (it would reach the scorers as the
+word "<unk>", which no reference holds); scores
 are the model's log-probabilities of the emitted tokens (end token included when emitted).
 """
 
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID
+from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 StepFn = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 """``(carry, tokens [N]) -> (log_probs [N, V], carry)``: one step of a language model."""
@@ -37,13 +39,23 @@ def is_real(log_prob: jax.Array) -> jax.Array:
     return log_prob > NEG_INF / 2
 
 
-def word_choices(log_probs: jax.Array) -> jax.Array:
-    """Log-probabilities with the tokens that are never generated (padding, start) removed.
+NEVER_GENERATED = (PAD_ID, START_ID)
+"""Token ids no strategy ever chooses."""
+
+
+def banned_tokens(allow_unk: bool) -> tuple[int, ...]:
+    """The m-RNN's tokens that are never chosen: padding, start and, unless ``allow_unk``,
+    the unknown-word token."""
+    return NEVER_GENERATED if allow_unk else (*NEVER_GENERATED, UNK_ID)
+
+
+def word_choices(log_probs: jax.Array, banned: tuple[int, ...] = NEVER_GENERATED) -> jax.Array:
+    """Log-probabilities with the ``banned`` tokens (default: padding, start) removed.
 
     Scores keep the model's full distribution; only the choice among words is restricted.
     """
-    banned = jnp.zeros(log_probs.shape[-1], bool).at[jnp.array([PAD_ID, START_ID])].set(True)
-    return jnp.where(banned, -jnp.inf, log_probs)
+    mask = jnp.zeros(log_probs.shape[-1], bool).at[jnp.array(banned)].set(True)
+    return jnp.where(mask, -jnp.inf, log_probs)
 
 
 def mrnn_step_fn(model: MRNN, params: dict, image_projection: jax.Array) -> StepFn:
@@ -66,8 +78,10 @@ def decode_by_choice(
     batch: int,
     max_words: int,
     choose: Callable[[jax.Array, jax.Array], jax.Array],
+    banned: tuple[int, ...] = NEVER_GENERATED,
 ) -> tuple[jax.Array, jax.Array]:
-    """Left-to-right decoding where ``choose(log_probs, t)`` picks each next word.
+    """Left-to-right decoding where ``choose(log_probs, t)`` picks each next word (never one
+    of ``banned``).
 
     Returns ``(tokens [B, max_words + 1], log_prob [B])``.
     """
@@ -75,7 +89,7 @@ def decode_by_choice(
     def step(state, t):
         carry, previous, done, log_prob = state
         log_probs, carry = step_fn(carry, previous)
-        word = choose(word_choices(log_probs), t).astype(jnp.int32)
+        word = choose(word_choices(log_probs, banned), t).astype(jnp.int32)
         # After max_words words only the end token may still be emitted.
         done = done | ((t == max_words) & (word != END_ID))
         chosen = jnp.take_along_axis(log_probs, word[:, None], axis=-1)[:, 0]
@@ -97,9 +111,9 @@ def _start(model: MRNN, params: dict, image_inputs: jax.Array) -> tuple[jax.Arra
     return image_projection, r0
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_words"))
+@functools.partial(jax.jit, static_argnames=("model", "max_words", "allow_unk"))
 def greedy(
-    model: MRNN, params: dict, image_inputs: jax.Array, max_words: int
+    model: MRNN, params: dict, image_inputs: jax.Array, max_words: int, allow_unk: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """Most probable word at each step, for a batch of images.
 
@@ -110,10 +124,11 @@ def greedy(
     image_projection, r0 = _start(model, params, image_inputs)
     step_fn = mrnn_step_fn(model, params, image_projection)
     choose = lambda log_probs, t: jnp.argmax(log_probs, axis=-1)
-    return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose)
+    banned = banned_tokens(allow_unk)
+    return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose, banned)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_words"))
+@functools.partial(jax.jit, static_argnames=("model", "max_words", "allow_unk"))
 def sample(
     model: MRNN,
     params: dict,
@@ -122,6 +137,7 @@ def sample(
     rng: jax.Array,
     temperature: float | jax.Array = 1.0,
     row_ids: jax.Array | None = None,
+    allow_unk: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Words drawn from the model's distribution (sharpened or flattened by ``temperature``).
 
@@ -140,7 +156,8 @@ def sample(
         keys = jax.vmap(lambda key: jax.random.fold_in(key, t))(row_keys)
         return jax.vmap(jax.random.categorical)(keys, log_probs / temperature)
 
-    return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose)
+    banned = banned_tokens(allow_unk)
+    return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose, banned)
 
 
 # --- beam search -------------------------------------------------------------------------
@@ -193,6 +210,7 @@ def beam_search(
     beam_size: int,
     max_words: int,
     alpha: float | jax.Array = 0.0,
+    banned: tuple[int, ...] = NEVER_GENERATED,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Beam search over ``step_fn`` as one ``lax.while_loop`` on a :class:`BeamState`.
 
@@ -238,7 +256,7 @@ def beam_search(
         previous = jnp.where(t == 0, START_ID, last).reshape(-1)
         log_probs, carry = step_fn(state.carry, previous)
         vocab = log_probs.shape[-1]
-        log_probs = jnp.maximum(word_choices(log_probs), NEG_INF).reshape(batch, k, vocab)
+        log_probs = jnp.maximum(word_choices(log_probs, banned), NEG_INF).reshape(batch, k, vocab)
         candidates = (state.live_log_prob[:, :, None] + log_probs).reshape(batch, k * vocab)
         top_log_prob, top_index = jax.lax.top_k(candidates, 2 * k)
         parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
@@ -301,7 +319,7 @@ def beam_search(
     return tokens, log_prob, score
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_words", "beam_size"))
+@functools.partial(jax.jit, static_argnames=("model", "max_words", "beam_size", "allow_unk"))
 def beam(
     model: MRNN,
     params: dict,
@@ -309,12 +327,14 @@ def beam(
     max_words: int,
     beam_size: int,
     alpha: float | jax.Array = 0.0,
+    allow_unk: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Beam search for a batch of images; see :func:`beam_search` for what it returns."""
     image_projection, r0 = _start(model, params, image_inputs)
     per_beam = jnp.repeat(image_projection, beam_size, axis=0)
     step_fn = mrnn_step_fn(model, params, per_beam)
-    return beam_search(step_fn, r0, image_inputs.shape[0], beam_size, max_words, alpha)
+    banned = banned_tokens(allow_unk)
+    return beam_search(step_fn, r0, image_inputs.shape[0], beam_size, max_words, alpha, banned)
 
 
 # --- one interface -----------------------------------------------------------------------
@@ -335,6 +355,7 @@ class DecodeOptions:
       temperature: sampling temperature (below 1 sharpens, above 1 flattens).
       length_penalty: GNMT alpha for beam search (0 ranks by log-probability).
       seed: sampling seed.
+      allow_unk: let the unknown-word token be generated (off: it is never chosen).
     """
 
     strategy: str = "greedy"
@@ -344,6 +365,7 @@ class DecodeOptions:
     temperature: float = 1.0
     length_penalty: float = 0.0
     seed: int = 0
+    allow_unk: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -378,7 +400,9 @@ def generate(
     ``NEG_INF``.
     """
     if options.strategy == "greedy":
-        tokens, log_prob = greedy(model, params, image_inputs, options.max_words)
+        tokens, log_prob = greedy(
+            model, params, image_inputs, options.max_words, allow_unk=options.allow_unk
+        )
         return tokens[:, None], log_prob[:, None]
     if options.strategy == "sample":
         n = options.num_return
@@ -391,6 +415,7 @@ def generate(
             jax.random.PRNGKey(options.seed),
             jnp.float32(options.temperature),
             first_image * n + jnp.arange(repeated.shape[0]),
+            allow_unk=options.allow_unk,
         )
         batch = image_inputs.shape[0]
         return tokens.reshape(batch, n, -1), log_prob.reshape(batch, n)
@@ -401,5 +426,6 @@ def generate(
         options.max_words,
         options.beam_size,
         jnp.float32(options.length_penalty),
+        allow_unk=options.allow_unk,
     )
     return tokens[:, : options.num_return], log_prob[:, : options.num_return]

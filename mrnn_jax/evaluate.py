@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -67,6 +68,21 @@ def split_perplexity(
     }
 
 
+def captions_to_text(
+    vocab: Vocabulary, tokens: np.ndarray, log_prob: np.ndarray
+) -> list[list[tuple[str, float]]]:
+    """Decoded token ids ``[B, N, T]`` and their log-probabilities ``[B, N]`` as text: per
+    image, its real hypotheses ``(caption, log-probability)`` (empty beam slots dropped)."""
+    return [
+        [
+            (" ".join(vocab.decode(t)), float(lp))
+            for t, lp in zip(row_tokens, row_log_prob, strict=True)
+            if decode.is_real(lp)
+        ]
+        for row_tokens, row_log_prob in zip(tokens, log_prob, strict=True)
+    ]
+
+
 def generate_captions(
     model: MRNN,
     params: dict,
@@ -74,11 +90,19 @@ def generate_captions(
     vocab: Vocabulary,
     options: decode.DecodeOptions,
     batch_size: int,
-    mesh: Mesh,
+    mesh: Mesh | None = None,
     progress: bool = False,
 ) -> list[list[tuple[str, float]]]:
-    """For every image input, ``options.num_return`` captions with their log-probabilities."""
-    sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
+    """For every image input, up to ``options.num_return`` captions with their
+    log-probabilities, best first: the one decode-to-text path of training, evaluation, the
+    scripts and the :class:`~mrnn_jax.captioner.Captioner`.
+
+    Images go through in padded batches of ``batch_size``, split over ``mesh`` when given
+    (else they stay on the default device).
+    """
+    if mesh is not None:
+        sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
+    place = (lambda b: sharding.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
     results = []
     variables = {"params": params}
     batches = image_batches(inputs, batch_size)
@@ -87,18 +111,15 @@ def generate_captions(
         tqdm(batches, total=total, desc="decode", disable=not progress)
     ):
         tokens, log_prob = decode.generate(
-            model, variables, sharding.shard_batch(batch, mesh), options, index * batch_size
+            model, variables, place(batch), options, index * batch_size
         )
         tokens, log_prob = sharding.to_host((tokens, log_prob))
-        for row_tokens, row_log_prob in zip(tokens[:count], log_prob[:count], strict=True):
-            results.append(
-                [
-                    (" ".join(vocab.decode(t)), float(lp))
-                    for t, lp in zip(row_tokens, row_log_prob, strict=True)
-                    if decode.is_real(lp)
-                ]
-            )
+        results.extend(captions_to_text(vocab, tokens[:count], log_prob[:count]))
     return results
+
+
+#: The name of the ``shapes`` ground-truth metric: share of captions naming the largest object.
+PHRASE_ACCURACY = "largest object named"
 
 
 def contains_phrase(caption: str, phrase: str) -> bool:
@@ -111,31 +132,6 @@ def shapes_phrase_accuracy(captions: list[str], scenes: list) -> float:
     pairs = zip(captions, scenes, strict=True)
     hits = [contains_phrase(caption, scene.largest_phrase()) for caption, scene in pairs]
     return float(np.mean(hits)) if hits else float("nan")
-
-
-def evaluate_split(
-    model: MRNN,
-    params: dict,
-    data: SplitData,
-    vocab: Vocabulary,
-    *,
-    max_words: int,
-    decode_words: int,
-    batch_size: int,
-    mesh: Mesh,
-) -> tuple[dict[str, float], list[str]]:
-    """Perplexity and greedy captions of one split (plus phrase accuracy where ground truth is
-    known). Returns ``(metrics, captions)``."""
-    table = CaptionTable.build_uncut(data.records, vocab, max_words)
-    result = split_perplexity(model, params, table, data.inputs, batch_size, mesh)
-    options = decode.DecodeOptions(strategy="greedy", max_words=decode_words)
-    generated = generate_captions(model, params, data.inputs, vocab, options, batch_size, mesh)
-    # An image whose every caption scores NaN (a diverged model) gets an empty caption.
-    captions = [candidates[0][0] if candidates else "" for candidates in generated]
-    result["num_images"] = len(data.records)
-    if data.scenes is not None:
-        result["phrase_accuracy"] = shapes_phrase_accuracy(captions, data.scenes)
-    return result, captions
 
 
 @dataclasses.dataclass
@@ -172,10 +168,18 @@ def evaluate_captioning(
     mesh: Mesh,
     progress: bool = False,
     perplexity: float | None = None,
+    metrics: Sequence[str] | None = None,
+    generated: list[list[tuple[str, float]]] | None = None,
+    reranker=None,
 ) -> CaptioningResult:
-    """Perplexity, generated captions and the coco-caption metrics of one split.
+    """Perplexity, generated captions and the coco-caption metrics of one split: the one
+    split-evaluation path of training, ``mrnn evaluate`` and ``run_captioning.py``.
 
-    Pass ``perplexity`` when it is known already (it does not depend on the decoding).
+    Pass ``perplexity`` when it is known already (it does not depend on the decoding; NaN
+    leaves it out), ``metrics`` to score only some coco-caption metrics (default: all), and
+    ``generated`` to score captions decoded elsewhere instead of decoding, and ``reranker``
+    (a :class:`mrnn_jax.consensus.ConsensusReranker`) to rerank each image's candidates (the
+    beam's n-best: ``options.num_return`` of them) before the best is scored.
     """
     from mrnn_jax import caption_metrics
 
@@ -184,23 +188,34 @@ def evaluate_captioning(
         perplexity = split_perplexity(model, params, table, data.inputs, batch_size, mesh)[
             "perplexity"
         ]
-    generated = generate_captions(
-        model, params, data.inputs, vocab, options, batch_size, mesh, progress=progress
-    )
+    if generated is None:
+        generated = generate_captions(
+            model, params, data.inputs, vocab, options, batch_size, mesh, progress=progress
+        )
+    if reranker is not None:
+        generated = reranker.rerank(data.inputs, generated)
     image_ids = [record.image_id for record in data.records]
     hypotheses = {
         i: candidates[0][0] if candidates else ""
         for i, candidates in zip(image_ids, generated, strict=True)
     }
     references = {record.image_id: list(record.captions) for record in data.records}
-    scores = caption_metrics.score_captions(hypotheses, references)
-    metrics: dict[str, float | None] = {"perplexity": perplexity, **scores.corpus}
+    if metrics is not None and not metrics:  # nothing to score: no scorer needed
+        scores = caption_metrics.CaptionScores(per_image={})
+    else:
+        scores = caption_metrics.score_captions(
+            hypotheses, references, caption_metrics.METRICS if metrics is None else metrics
+        )
+    values: dict[str, float | None] = {}
+    if not math.isnan(perplexity):
+        values["perplexity"] = perplexity
+    values.update(scores.corpus)
     if data.scenes is not None:
-        metrics["largest object named"] = shapes_phrase_accuracy(
+        values[PHRASE_ACCURACY] = shapes_phrase_accuracy(
             [hypotheses[i] for i in image_ids], data.scenes
         )
     return CaptioningResult(
-        metrics=metrics,
+        metrics=values,
         unavailable=dict(scores.unavailable),
         image_ids=image_ids,
         captions=generated,

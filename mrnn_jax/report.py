@@ -701,3 +701,169 @@ def _render_image_query(index: int, query: ImageQuery, page_dir: str) -> str:
             "</article>",
         ]
     )
+
+
+# --- the training run's page -------------------------------------------------------------
+
+RUN_REPORT = "report.html"
+"""The training run's page, in its work directory."""
+
+# Scalars not worth a curve: counts, and NLL (perplexity carries it).
+_NOT_PLOTTED = ("num_words", "num_images", "nll_per_word", "tokens_per_second", "grad_norm")
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
+    """The rows of a ``metrics.jsonl``, one per (split, step): a step logged twice (a run
+    resumed from an earlier checkpoint) keeps its last row. A torn last line is skipped."""
+    import json
+
+    rows: dict[tuple[str, int], dict] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and "step" in row and "split" in row:
+                    rows[(str(row["split"]), int(row["step"]))] = row
+    except FileNotFoundError:
+        return []
+    return sorted(rows.values(), key=lambda r: (int(r["step"]), str(r["split"])))
+
+
+def curve_panels(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> dict[str, dict]:
+    """The curves to draw, as ``{panel title: {line label: ([steps], [values])}}``.
+
+    Panels: training loss; perplexity of training and of every evaluator prefix; the
+    learning rate; then one per other evaluator scalar, scalars that differ only by a
+    trailing n-gram order or K (``BLEU-1..4``, ``image R@1/5/10``) sharing a panel. Splits
+    in ``skip_splits`` (the final evaluation's single points) are left out.
+    """
+    import re
+
+    panels: dict[str, dict[str, tuple[list, list]]] = {}
+
+    def add(panel: str, label: str, step: int, value: object) -> None:
+        if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+            return
+        steps, values = panels.setdefault(panel, {}).setdefault(label, ([], []))
+        steps.append(step)
+        values.append(float(value))
+
+    for row in rows:
+        split, step = str(row["split"]), int(row["step"])
+        if split in skip_splits:
+            continue
+        for name, value in row.items():
+            if name in ("step", "split", "time") or name in _NOT_PLOTTED:
+                continue
+            if split == "train" and name == "loss":
+                add("loss", "train", step, value)
+            elif name == "perplexity":
+                add("perplexity", split, step, value)
+            elif name == "learning_rate":
+                add("learning rate", split, step, value)
+            else:
+                panel = re.sub(r"(-\d|@\d+)$", "", name)
+                panel = re.sub(r"-$", "", panel)
+                add(f"{split}/{panel}", name, step, value)
+    first = ("loss", "perplexity", "learning rate")
+    ordered = {p: panels[p] for p in first if p in panels}
+    ordered.update({p: v for p, v in panels.items() if p not in first})
+    return ordered
+
+
+def training_curves_png(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> bytes:
+    """The run's training curves (:func:`curve_panels`) drawn with matplotlib, as PNG bytes;
+    perplexity on a log scale. A run with nothing logged yet gives a one-line notice."""
+    from matplotlib.figure import Figure
+
+    panels = curve_panels(rows, skip_splits)
+    columns = 3
+    count = max(len(panels), 1)
+    lines = -(-count // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.0 * lines), dpi=100, layout="constrained")
+    if not panels:
+        axes = figure.add_subplot()
+        axes.text(0.5, 0.5, "nothing logged yet", ha="center", va="center")
+        axes.set_axis_off()
+    for index, (title, curves) in enumerate(panels.items()):
+        axes = figure.add_subplot(lines, columns, index + 1)
+        for label, (steps, values) in curves.items():
+            axes.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=label)
+        if title == "perplexity":
+            from matplotlib.ticker import ScalarFormatter
+
+            axes.set_yscale("log")
+            axes.yaxis.set_major_formatter(ScalarFormatter())
+            axes.yaxis.set_minor_formatter(ScalarFormatter())
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("step", fontsize=8)
+        axes.tick_params(labelsize=8)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_run_report(workdir: str | os.PathLike[str], results: Mapping) -> str:
+    """Writes ``workdir/report.html``: what the best checkpoint was selected by, the final
+    evaluation of each split, the training curves (:func:`training_curves_png`, from
+    ``workdir/metrics.jsonl``) and example captions. Returns the page's path."""
+    esc = html.escape
+    workdir = os.fspath(workdir)
+    rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    splits = dict(results.get("splits", {}))
+    png = training_curves_png(rows, skip_splits=tuple(splits))
+    selected = results.get("selected_by", {})
+    title = f"m-RNN training run: {os.path.basename(os.path.abspath(workdir))}"
+    parts = [*_page_start(title, _CSS + _RUN_CSS), f"<h1>{esc(title)}</h1>"]
+    parts.append(
+        '<p class="selection">Best checkpoint: step '
+        f'<b data-best-step="{esc(str(results.get("best_step")))}">'
+        f"{esc(str(results.get('best_step')))}</b>, selected by "
+        f'<b data-selected-by="{esc(str(selected.get("metric")))}">'
+        f"{esc(str(selected.get('metric')))}</b> ({esc(str(selected.get('mode')))}imised) = "
+        f"{esc(_format_value(selected.get('value')))}.</p>"
+    )
+    names = [n for n in dict.fromkeys(k for v in splits.values() for k in v)]
+    if splits:
+        parts.append('<table class="summary results"><tr><th>split</th>')
+        parts += [f"<th>{esc(n)}</th>" for n in names]
+        parts.append("</tr>")
+        for split, values in splits.items():
+            cells = "".join(f"<td>{esc(_format_value(values.get(n)))}</td>" for n in names)
+            parts.append(f'<tr><th scope="row">{esc(split)}</th>{cells}</tr>')
+        parts.append("</table>")
+    data_uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    parts += [
+        "<h2>Training curves</h2>",
+        f'<img id="curves" class="curves" alt="training curves" src="{data_uri}">',
+        '<p class="note">Also in TensorBoard: <code>tensorboard --logdir '
+        f"{esc(workdir)}</code>; every value is in <code>metrics.jsonl</code>.</p>",
+    ]
+    for split, examples in results.get("examples", {}).items():
+        parts.append(f"<h2>Examples: {esc(split)}</h2><table class='examples'>")
+        parts.append("<tr><th>image</th><th>generated</th><th>references</th></tr>")
+        for example in examples:
+            refs = "<br>".join(esc(str(r)) for r in example.get("references", []))
+            parts.append(
+                f"<tr><td>{esc(str(example.get('image_id')))}</td>"
+                f"<td class='caption'>{esc(str(example.get('caption')))}</td><td>{refs}</td></tr>"
+            )
+        parts.append("</table>")
+    parts += ["</body>", "</html>", ""]
+    path = os.path.join(workdir, RUN_REPORT)
+    write_text_atomic(path, "\n".join(parts), "run report")
+    return path
+
+
+_RUN_CSS = """\
+img.curves { max-width: 100%; background: #fff; border: 1px solid #ddd; }
+table.examples { border-collapse: collapse; }
+table.examples td, table.examples th { border: 1px solid #ddd; padding: .25rem .5rem;
+  vertical-align: top; text-align: left; }
+.note { color: #555; font-size: .9rem; }
+"""

@@ -26,12 +26,15 @@ from tqdm.auto import tqdm
 from mrnn_jax import (
     checkpoint,
     configs,
+    decode,
     distributed,
     evaluate,
+    evaluators,
     files,
     interrupt,
     metrics,
     nonfinite,
+    report,
     sharding,
 )
 from mrnn_jax import metrics_log as metrics_log_lib
@@ -49,6 +52,8 @@ from mrnn_jax.data.pipeline import (
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN, make_model
+from mrnn_jax.selection import Selector
+from mrnn_jax.summary import TensorBoardLog
 from mrnn_jax.vocab import Vocabulary
 
 log = logging.getLogger("mrnn_jax")
@@ -282,8 +287,11 @@ def train_and_evaluate(
 ) -> dict:
     """Trains (resuming from ``workdir`` when it holds a checkpoint) and evaluates.
 
-    Returns the final evaluation: per split, perplexity and caption metrics, from the
-    checkpoint with the best validation perplexity. Also written to ``workdir/results.json``.
+    The loop runs the evaluators ``config.evaluators`` lists when they are due and keeps the
+    checkpoint that is best by ``train.select_by``. Returns the final evaluation of that
+    checkpoint (per split: perplexity and caption metrics; what it was selected by), also
+    written to ``workdir/results.json``; the run's curves go to TensorBoard event files and
+    ``workdir/report.html``.
     """
     started = time.time()
     tc = config.train
@@ -307,14 +315,20 @@ def train_and_evaluate(
         config.encoder.update(weights.encoder_config(config.encoder))  # the saved config: whole
         encoder_params = weights.params
         log.info("encoder: %s from %s", config.encoder.name, weights.meta["source"]["file_name"])
-    needed = None if config.dataset.name == "shapes" else {"train", "val", *config.eval.splits}
+    selector = Selector.from_config(tc)
+    evaluators.check_config(config.evaluators)
+    evaluators.check_scorers(config)
+    evaluators.check_selection(config.evaluators, selector.metric)
+    wanted = {"train", "val", *config.eval.splits, *evaluators.split_names(config.evaluators)}
+    needed = None if config.dataset.name == "shapes" else wanted
     dataset = load_dataset(config.dataset, config.encoder, needed)
-    for split in ("train", "val", *config.eval.splits):
+    for split in sorted(wanted):
         if split not in dataset.splits:
             raise MrnnError(
                 f"dataset {config.dataset.name!r} has no split {split!r} (has "
-                f"{sorted(dataset.splits)}); training needs train and val, and eval.splits "
-                f"names {list(config.eval.splits)}"
+                f"{sorted(dataset.splits)}); training needs train and val, eval.splits "
+                f"names {list(config.eval.splits)}, and the evaluators read "
+                f"{sorted(evaluators.split_names(config.evaluators))}"
             )
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -327,13 +341,28 @@ def train_and_evaluate(
         interrupt.handle_signals() as stop,
     ):
         ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
+        tensorboard = TensorBoardLog(
+            workdir, enabled=distributed.is_primary(), resume_step=ckpts.latest_step()
+        )
         try:
             results = _train_and_evaluate(
-                config, workdir, mesh, ckpts, dataset, encoder_params, progress, started, stop
+                config,
+                workdir,
+                mesh,
+                ckpts,
+                dataset,
+                encoder_params,
+                progress,
+                started,
+                selector,
+                tensorboard,
+                stop,
             )
         except BaseException:
             ckpts.close_quietly()
             raise
+        finally:
+            tensorboard.close()
         ckpts.close()
         return results
 
@@ -347,6 +376,8 @@ def _train_and_evaluate(
     encoder_params: Any,
     progress: bool,
     started: float,
+    selector: Selector,
+    tensorboard: TensorBoardLog,
     stop: interrupt.StopRequest | None = None,
 ) -> dict:
     """The run after the checks: resume or start, train, evaluate (see train_and_evaluate)."""
@@ -372,7 +403,6 @@ def _train_and_evaluate(
     max_words = config.dataset.max_words
     train_table = CaptionTable.build(splits["train"].records, vocab, max_words)
     check_one_batch(train_table, tc)
-    val_table = CaptionTable.build_uncut(splits["val"].records, vocab, max_words)
     train_inputs = splits["train"].inputs
     log.info(
         "data: %d training captions of %d images, vocabulary %d words, %d device(s)",
@@ -399,14 +429,14 @@ def _train_and_evaluate(
 
     # Resume.
     vocab_json = vocab.to_json()
-    best_val = float("inf")
+    best_value, best_scalars = selector.worst, {}
     if latest is not None:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
         )
         params, extras, meta = ckpts.restore(latest, abstract.params, abstract.checkpoint_extras())
         state = TrainState(params=params, **extras)
-        best_val = float(meta.get("best_val_perplexity", float("inf")))
+        best_value, best_scalars = _resumed_best(meta, selector)
         log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
     resumed = meta if latest is not None else {}
     results_path = os.path.join(workdir, "results.json")
@@ -437,6 +467,7 @@ def _train_and_evaluate(
         log.info("training set held on the devices (%d captions)", len(train_table))
     else:
         train_step = jit_train_step(pure_step, mesh)
+    run_evaluators = evaluators.build_evaluators(config, model, vocab, splits, mesh)
     step = int(sharding.to_host(state.step))
     window: list[dict] = metrics_log_lib.window_from_json(resumed.get("log_window"))
     pending: list[jax.Array] = []  # the last steps' finite flags, not yet read by the guard
@@ -486,6 +517,7 @@ def _train_and_evaluate(
             summary = _summarise(sharding.to_host(window), time.time() - window_start)
             summary["learning_rate"] = float(schedule(step))
             metrics_log.write(step, "train", summary)
+            tensorboard.write(step, "train", summary)
             bar.set_postfix(
                 loss=f"{summary['loss']:.3f}",
                 ppl=f"{summary['perplexity']:.2f}",
@@ -494,17 +526,18 @@ def _train_and_evaluate(
             window, window_start = [], time.time()
         paused = time.time()
         is_best = False
-        if step % tc.eval_every == 0 or last:
-            val = evaluate.split_perplexity(
-                model, state.params, val_table, splits["val"].inputs, config.eval.batch_size, mesh
-            )
-            metrics_log.write(step, "val", val)
+        scalars = _run_due_evaluators(run_evaluators, state.params, step, last)
+        for prefix, values in _by_prefix(scalars).items():
+            metrics_log.write(step, prefix, values)
+            tensorboard.write(step, prefix, values)
+        if scalars:
+            value = _selection_value(selector, scalars, step)
             if primary:
-                bar.write(f"step {step}: validation perplexity {val['perplexity']:.3f}")
-            if not math.isfinite(val["perplexity"]):
-                log.warning("step %d: validation perplexity is not finite", step)
-            elif val["perplexity"] < best_val and not guard.in_a_row:  # (else unsaved)
-                best_val, is_best = val["perplexity"], True
+                bar.write(f"step {step}: " + _describe(scalars))
+            if value is not None and not math.isfinite(value):
+                log.warning("step %d: %s is not finite", step, selector.metric)
+            elif selector.better(value, best_value) and not guard.in_a_row:  # (else unsaved)
+                best_value, best_scalars, is_best = value, scalars, True
         save = step % tc.checkpoint_every == 0 or last or is_best or stopping
         if save and guard.in_a_row:  # these parameters just gave a non-finite loss
             log.warning("step %d: no checkpoint (its update was skipped as non-finite)", step)
@@ -512,7 +545,9 @@ def _train_and_evaluate(
             meta = {
                 "step": step,
                 "data_state": data_state(train_table, step, tc.batch_size, tc.captions_per_image),
-                "best_val_perplexity": best_val,
+                "selected_by": selector.metric,
+                "best_value": _json_number(best_value),
+                "best_scalars": best_scalars,
                 "data": data_summary,
                 # What a resumed run needs to write the same metrics.jsonl as an uninterrupted one.
                 "metrics_rows": metrics_log.rows,
@@ -539,34 +574,44 @@ def _train_and_evaluate(
     # Final evaluation, on the best checkpoint.
     best_dir, best_step = checkpoint.find_checkpoint(workdir, "best")
     if not best_dir.endswith(checkpoint.BEST_DIR):
-        log.warning("no finite validation perplexity: evaluating the latest checkpoint")
+        log.warning("no finite %s: evaluating the latest checkpoint", selector.metric)
     params = checkpoint.restore_params(best_dir, best_step, _abstract(state.params))
     results = {
         "best_step": best_step,
-        "best_val_perplexity": best_val,
+        "selected_by": {**selector.describe(), "value": _json_number(best_value)},
+        "best_scalars": best_scalars,
+        "best_val_perplexity": best_scalars.get("val/perplexity"),
         "data": dataset.summary(),  # again: images found broken while training count too
         "splits": {},
     }
+    options = decode.DecodeOptions(strategy="greedy", max_words=config.eval.max_decode_words)
     for split in config.eval.splits:
-        values, captions = evaluate.evaluate_split(
+        result = evaluate.evaluate_captioning(
             model,
             params,
             splits[split],
             vocab,
+            options,
             max_words=max_words,
-            decode_words=config.eval.max_decode_words,
             batch_size=config.eval.batch_size,
             mesh=mesh,
+            metrics=tuple(config.eval.metrics),
         )
+        values = {"num_images": len(result.image_ids), **result.metrics}
         results["splits"][split] = values
         results.setdefault("examples", {})[split] = [
-            {"image_id": r.image_id, "caption": c, "references": list(r.captions)}
-            for r, c in zip(splits[split].records[:10], captions[:10], strict=True)
+            {"image_id": i, "caption": c[0][0] if c else "", "references": r}
+            for i, c, r in zip(
+                result.image_ids[:10], result.captions[:10], result.references[:10], strict=True
+            )
         ]
-        metrics_log.write(best_step, split, values)
+        finite = {k: v for k, v in values.items() if v is not None}
+        metrics_log.write(best_step, split, finite)
+        tensorboard.write(best_step, split, finite)
     results["wall_time_seconds"] = time.time() - started
     if primary:
         files.write_json_atomic(os.path.join(workdir, "results.json"), results)
+        report.write_run_report(workdir, results)
     return results
 
 
@@ -602,6 +647,70 @@ def _step_flags(flags: list, step: int) -> list[tuple[int, bool]]:
     """``(step, finite)`` of the steps up to ``step`` whose finite flags are ``flags``."""
     first = step - len(flags) + 1
     return [(first + i, bool(f)) for i, f in enumerate(flags)]
+
+
+def _run_due_evaluators(
+    run_evaluators: list[evaluators.Evaluator], params: Any, step: int, last: bool
+) -> dict[str, float]:
+    """Runs the evaluators due after ``step``; returns their scalars as ``prefix/name``."""
+    scalars = {}
+    for evaluator in evaluators.due(run_evaluators, step, last):
+        for name, value in evaluator.run(params).items():
+            scalars[f"{evaluator.prefix}/{name}"] = float(value)
+    return scalars
+
+
+def _by_prefix(scalars: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"val/perplexity": x}`` as ``{"val": {"perplexity": x}}`` (one log row per prefix)."""
+    grouped: dict[str, dict[str, float]] = {}
+    for key, value in scalars.items():
+        prefix, name = key.split("/", 1)
+        grouped.setdefault(prefix, {})[name] = value
+    return grouped
+
+
+def _selection_value(selector: Selector, scalars: dict[str, float], step: int) -> float | None:
+    """The selection scalar of this step's evaluations (None when its evaluator did not run);
+    an evaluator that ran under its prefix without that name is a config error."""
+    value = selector.read(scalars)
+    if value is None and any(k.startswith(selector.prefix + "/") for k in scalars):
+        logged = sorted(k for k in scalars if k.startswith(selector.prefix + "/"))
+        raise MrnnError(
+            f"train.select_by={selector.metric!r} was not logged at step {step}; the "
+            f"evaluators logged {', '.join(logged)}"
+        )
+    return value
+
+
+def _describe(scalars: dict[str, float]) -> str:
+    """A short progress line of evaluation scalars."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+
+
+def _resumed_best(meta: dict, selector: Selector) -> tuple[float, dict]:
+    """The best value so far and its scalars, from a checkpoint's metadata. A checkpoint
+    from before ``train.select_by`` existed was selected by validation perplexity; one
+    selected by another scalar than now starts the selection afresh."""
+    selected_by = meta.get("selected_by", "val/perplexity")
+    if selected_by != selector.metric:
+        log.info(
+            "the best checkpoint was selected by %s, now by %s: selection starts afresh",
+            selected_by,
+            selector.metric,
+        )
+        return selector.worst, {}
+    if "best_value" in meta:
+        value = meta["best_value"]
+        return (selector.worst if value is None else float(value)), dict(
+            meta.get("best_scalars") or {}
+        )
+    old = float(meta.get("best_val_perplexity", selector.worst))
+    return old, ({"val/perplexity": old} if math.isfinite(old) else {})
+
+
+def _json_number(value: float) -> float | None:
+    """``value``, or None where JSON has no number for it (infinities, NaN)."""
+    return value if math.isfinite(value) else None
 
 
 def _abstract(tree: Any) -> Any:

@@ -1,25 +1,17 @@
 """Caption tokenizer and word vocabulary.
 
-Tokenization follows the preprocessing used in the captioning literature (the Stanford
-PTB tokenizer as run by coco-caption, followed by coco-caption's removal of punctuation
-tokens):
+One tokenizer for training and scoring: :func:`tokenize` is coco-caption's PTB tokenisation
+(:func:`mrnn_jax.ptb_tokenizer.ptb_tokenize`, the Stanford PTB tokenizer followed by the
+removal of coco-caption's punctuation tokens), split into words. The vocabulary is built from
+exactly the tokens the scorers see in the references, so the model can produce every
+reference word: ``p.m.`` stays ``p.m.``, ``$``, ``&``, ``%`` and ``#`` are words, brackets
+become ``-lrb-`` / ``-rrb-`` (as on the COCO server), ``man's`` is ``man 's``, ``don't`` is
+``do n't``; quotes, dashes and ``. , ; : ! ?`` are dropped.
 
-* text is NFKC-normalised (full-width letters become ASCII, non-breaking spaces become
-  spaces, ...) and lower-cased;
-* typographic apostrophes (``’``, ``‘``, ``ʼ``, ``′``) count as ``'`` and the unicode
-  hyphens ``‐`` / ``‑`` count as ``-``;
-* a word is a run of letters, digits and combining marks (any script, so ``café`` or
-  ``東京`` are words), which may contain single inner hyphens (``t-shirt``), inner
-  apostrophes (``o'clock``) and, between two digits, a ``.`` or ``,`` (``3.5``,
-  ``1,000`` stay one token);
-* PTB clitics are split off the end of a word: ``man's`` -> ``man 's``, ``don't`` ->
-  ``do n't``, ``can't`` -> ``ca n't``, ``we're`` / ``i've`` / ``she'll`` / ``he'd`` /
-  ``i'm`` likewise;
-* everything else -- punctuation, symbols (``$``, ``%``, ``&``, emoji), underscores,
-  control and format characters -- separates words and is dropped, so
-  ``"A dog, running!"`` -> ``["a", "dog", "running"]``. Soft hyphens and zero-width
-  characters inside a word are removed, so they do not split it. Dots between letters
-  separate words as well (``a.m.`` -> ``a m``).
+Vocabularies record the tokenizer they were built with. Those written before this one have
+none recorded and were built with :func:`legacy_tokenize` (punctuation and symbols dropped,
+``a.m.`` -> ``a m``); :meth:`Vocabulary.tokenize` uses each vocabulary's own tokenizer, so
+old checkpoints keep scoring and encoding text as they were trained.
 
 The vocabulary maps words to integer ids; the four reserved tokens have fixed ids.
 """
@@ -38,6 +30,7 @@ import numpy as np
 
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.files import write_text_atomic
+from mrnn_jax.ptb_tokenizer import ptb_tokenize
 
 PAD = "<pad>"
 START = "<start>"
@@ -49,7 +42,10 @@ END_ID = 2
 UNK_ID = 3
 RESERVED: tuple[str, ...] = (PAD, START, END, UNK)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 records the tokenizer; 1 (no tokenizer recorded) is read as legacy
+TOKENIZER = "ptb"
+LEGACY_TOKENIZER = "legacy"
+TOKENIZERS = (TOKENIZER, LEGACY_TOKENIZER)
 
 _APOSTROPHES = frozenset("'\u2018\u2019\u02bc\u2032")
 _HYPHENS = frozenset("-\u2010\u2011")
@@ -86,10 +82,18 @@ def _split_clitics(word: str) -> list[str]:
 
 
 def tokenize(text: str) -> list[str]:
-    """Split a caption into lower-case word tokens, dropping punctuation.
+    """A caption's word tokens as the coco-caption scorers see them (lower-cased PTB tokens,
+    coco-caption's punctuation removed); empty or punctuation-only text gives ``[]``."""
+    return ptb_tokenize(text).split()
 
-    Returns the tokens in order; empty or punctuation-only text gives ``[]``. See the
-    module docstring for the exact rules (PTB-style, as in coco-caption).
+
+def legacy_tokenize(text: str) -> list[str]:
+    """The tokenizer of vocabularies written before the tokenizer was recorded (format 1).
+
+    NFKC-normalised, lower-cased words of letters, digits and marks, with inner hyphens,
+    apostrophes and digit separators kept and PTB clitics split off; every other character
+    (punctuation, ``$``, ``&``, brackets, the dots of ``a.m.``) separates words and is
+    dropped. Kept only so that old checkpoints encode text as they were trained.
     """
     text = unicodedata.normalize("NFKC", text).lower()
     kinds = [_char_kind(ch) for ch in text]
@@ -145,6 +149,7 @@ class Vocabulary:
 
     words: tuple[str, ...]
     min_count: int = 5
+    tokenizer: str = TOKENIZER
     _index: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +158,8 @@ class Vocabulary:
         problem = _word_list_problem(words)
         if problem is None:
             problem = _min_count_problem(self.min_count)
+        if problem is None and self.tokenizer not in TOKENIZERS:
+            problem = f"unknown tokenizer {self.tokenizer!r} (known: {', '.join(TOKENIZERS)})"
         if problem is not None:
             raise MrnnError(f"invalid vocabulary: {problem}")
         object.__setattr__(self, "_index", {w: i for i, w in enumerate(words)})
@@ -194,6 +201,10 @@ class Vocabulary:
         if max_size is not None:
             kept = kept[: max_size - len(RESERVED)]
         return cls(words=RESERVED + tuple(kept), min_count=min_count)
+
+    def tokenize(self, text: str) -> list[str]:
+        """``text``'s tokens under the tokenizer this vocabulary was built with."""
+        return legacy_tokenize(text) if self.tokenizer == LEGACY_TOKENIZER else tokenize(text)
 
     def __len__(self) -> int:
         """Return the number of words, reserved tokens included."""
@@ -266,9 +277,13 @@ class Vocabulary:
         return words
 
     def to_json(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict (``format_version``, ``min_count``, ``words``)."""
+        """Return a JSON-serialisable dict (``format_version``, ``tokenizer``, ``min_count``,
+        ``words``). A legacy vocabulary is written in format 1, as it was read."""
+        if self.tokenizer == LEGACY_TOKENIZER:
+            return {"format_version": 1, "min_count": self.min_count, "words": list(self.words)}
         return {
             "format_version": FORMAT_VERSION,
+            "tokenizer": self.tokenizer,
             "min_count": self.min_count,
             "words": list(self.words),
         }
@@ -284,10 +299,10 @@ class Vocabulary:
         if not isinstance(d, dict):
             raise MrnnError(f"invalid vocabulary: expected a JSON object, got {type(d).__name__}")
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):
             raise MrnnError(
                 f"invalid vocabulary: unsupported format_version {version!r} "
-                f"(expected {FORMAT_VERSION})"
+                f"(expected 1 or {FORMAT_VERSION}; a newer mrnn-jax wrote it?)"
             )
         for key in ("words", "min_count"):
             if key not in d:
@@ -295,7 +310,8 @@ class Vocabulary:
         words = d["words"]
         if not isinstance(words, list):
             raise MrnnError("invalid vocabulary: 'words' must be a list of strings")
-        return cls(words=tuple(words), min_count=d["min_count"])
+        tokenizer = LEGACY_TOKENIZER if version == 1 else d.get("tokenizer")
+        return cls(words=tuple(words), min_count=d["min_count"], tokenizer=tokenizer)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary as JSON to ``path``, atomically (readers never see a

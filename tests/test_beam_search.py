@@ -30,7 +30,7 @@ import pytest
 
 from mrnn_jax import decode
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID
+from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 FIRST_WORD = 3  # ids from 3 up are words (UNK included); 0, 1, 2 are PAD, START, END
 
@@ -154,7 +154,9 @@ def _padded(sequence: tuple[int, ...], max_words: int) -> tuple[int, ...]:
 # --- references ----------------------------------------------------------------------------
 
 
-def _reference_beam(next_log_probs, batch, vocab, beam_size, max_words, alpha=0.0, min_gap=0.0):
+def _reference_beam(
+    next_log_probs, batch, vocab, beam_size, max_words, alpha=0.0, min_gap=0.0, banned=()
+):
     """Beam search written out in Python from the documented semantics, without early stop.
 
     ``next_log_probs([(b, prefix), ...]) -> float32 [n, V]``. Returns, per batch element, the
@@ -162,6 +164,7 @@ def _reference_beam(next_log_probs, batch, vocab, beam_size, max_words, alpha=0.
     slots are empty): finished sequences by score, then sequences cut at max_words words.
     ``min_gap > 0`` asserts that the best 2K + 1 candidates of every step are at least that far
     apart, so that their order cannot hang on float32 rounding.
+    Tokens in ``banned`` are never chosen (as PAD and START never are).
     """
     k = beam_size
     neg_inf = np.float32(decode.NEG_INF)
@@ -176,6 +179,8 @@ def _reference_beam(next_log_probs, batch, vocab, beam_size, max_words, alpha=0.
             for i, (log_prob, prefix) in enumerate(live[b]):
                 row = np.maximum(np.asarray(next(rows), np.float32), neg_inf)
                 for token in range(END_ID, vocab):  # PAD and START are never generated
+                    if token in banned:
+                        continue
                     total = np.float32(log_prob + row[token])
                     if total > neg_inf / 2:
                         candidates.append((total, i * vocab + token, prefix + (token,)))
@@ -675,8 +680,11 @@ def test_mrnn_beam_matches_reference(mrnn, alpha) -> None:
     next_fn = functools.partial(_mrnn_next, model, variables, images)
     # The reference's log-probabilities come from another program (teacher forcing), ~1e-6
     # apart from the search's own; with no candidates nearer than 1e-4 (this fixture: 6e-4),
-    # both rank them alike, so the tokens must agree exactly.
-    expected = _reference_beam(next_fn, IMAGES, VOCAB, k, MAX_WORDS, alpha, min_gap=1e-4)
+    # both rank them alike, so the tokens must agree exactly. The m-RNN's beam search never
+    # chooses <unk> either (unless asked to).
+    expected = _reference_beam(
+        next_fn, IMAGES, VOCAB, k, MAX_WORDS, alpha, min_gap=1e-4, banned={UNK_ID}
+    )
     for b in range(IMAGES):
         _assert_well_formed(tokens[b], log_prob[b], score[b], MAX_WORDS, alpha)
         _assert_matches(tokens[b], log_prob[b], score[b], expected[b], tol=1e-4)

@@ -14,7 +14,7 @@ import pytest
 
 from mrnn_jax import decode
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID
+from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 VOCAB, FEATURES, MAX_WORDS = 13, 4, 8
 
@@ -70,7 +70,9 @@ def _python_greedy(model: MRNN, variables: dict, images: np.ndarray, steps: int)
         logits = np.asarray(model.apply(variables, w, r, projection, method=MRNN.head), np.float64)
         shifted = logits - logits.max(-1, keepdims=True)
         log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        word = log_softmax.argmax(-1).astype(np.int32)
+        choices = log_softmax.copy()
+        choices[:, UNK_ID] = -np.inf  # <unk> is never chosen by default
+        word = choices.argmax(-1).astype(np.int32)
         for b in range(batch):
             if not done[b]:
                 tokens[b, t] = word[b]
@@ -284,3 +286,30 @@ def test_generate_returns_num_return_captions_per_image(setup) -> None:
         tokens, log_prob = decode.generate(model, variables, images[:5], options)
         assert tokens.shape == (5, options.num_return, MAX_WORDS + 1)
         assert log_prob.shape == (5, options.num_return)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        decode.DecodeOptions(strategy="greedy", max_words=MAX_WORDS),
+        decode.DecodeOptions(strategy="sample", max_words=MAX_WORDS, num_return=3, seed=4),
+        decode.DecodeOptions(strategy="beam", max_words=MAX_WORDS, beam_size=3, num_return=3),
+    ],
+    ids=["greedy", "sample", "beam"],
+)
+def test_unk_is_never_generated_unless_asked(setup, options) -> None:
+    import dataclasses
+
+    model, variables, images = setup
+    # <unk> the most likely word at every step: the model would say it everywhere.
+    params = _with_softmax_bias(variables["params"], {UNK_ID: 8.0})
+    tokens, log_prob = decode.generate(model, {"params": params}, images, options)
+    tokens = np.asarray(tokens)
+    assert not (tokens == UNK_ID).any()
+    assert (tokens != PAD_ID).any()  # captions still have words
+    allowed = dataclasses.replace(options, allow_unk=True)
+    tokens_unk, log_prob_unk = decode.generate(model, {"params": params}, images, allowed)
+    assert (np.asarray(tokens_unk) == UNK_ID).mean() > 0.3
+    # Scores stay the model's own log-probabilities: banning changes the choice, not them.
+    expected = _teacher_forced_log_prob(model, {"params": params}, images, tokens[:, 0])
+    np.testing.assert_allclose(np.asarray(log_prob)[:, 0], expected, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, run_mrnn, subprocess_env
 
 SCRIPT = os.path.join(REPO, "experiments", "run_captioning.py")
@@ -114,3 +116,37 @@ def test_mrnn_evaluate_unknown_split_is_one_line_error(tiny_run):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "has no split 'nope'" in result.stderr
+
+
+def test_consensus_reranking_rows_beside_the_plain_n_best(tiny_run, tmp_path):
+    out = str(tmp_path / "out")
+    result = _run_script(
+        "--checkpoint",
+        tiny_run,
+        "--beam",
+        "--max-images",
+        "4",
+        "--rerank",
+        "consensus",
+        "--rerank-hypotheses",
+        "2",
+        "--rerank-metric",
+        "CIDEr",
+        "BLEU",
+        "--out",
+        out,
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out, "captioning_test.json"), encoding="utf-8") as f:
+        table = json.load(f)
+    rows = ["greedy", "beam K=2 n-best", "beam K=2 + consensus CIDEr", "beam K=2 + consensus BLEU"]
+    assert list(table["strategies"]) == rows
+    assert [r["metric"] for r in table["rerank"]] == ["CIDEr", "BLEU"]
+    assert all(r["num_hypotheses"] == 2 and r["num_neighbours"] == 60 for r in table["rerank"])
+    assert [r["references_kept"] for r in table["rerank"]] == [125, 175]
+    for row in rows[1:]:
+        assert table["strategies"][row]["metrics"]["perplexity"] == pytest.approx(
+            table["strategies"]["greedy"]["metrics"]["perplexity"]
+        )
+    assert "| beam K=2 + consensus CIDEr |" in _read(os.path.join(out, "captioning_test.md"))

@@ -1,4 +1,4 @@
-"""Tests for the caption tokenizer and the vocabulary."""
+"""Tests for the caption tokenizer (one for vocabulary and references) and the vocabulary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.ptb_tokenizer import ptb_tokenize
 from mrnn_jax.vocab import (
     END,
     END_ID,
@@ -19,10 +20,90 @@ from mrnn_jax.vocab import (
     UNK,
     UNK_ID,
     Vocabulary,
+    legacy_tokenize,
     tokenize,
 )
 
-# --------------------------------------------------------------------------- tokenize
+# --------------------------------------------------- one tokenizer: vocabulary = references
+
+# Every token class where the vocabulary's old tokenizer and the scorers' disagreed, and the
+# usual ones. Each caption's tokens are exactly what coco-caption scores.
+TOKEN_CLASSES = [
+    ("The bus leaves at 5 p.m. today.", ["the", "bus", "leaves", "at", "5", "p.m.", "today"]),
+    ("a sign reading $5 off", ["a", "sign", "reading", "$", "5", "off"]),
+    ("salt & pepper", ["salt", "&", "pepper"]),
+    ("a man (in red) waves", ["a", "man", "-lrb-", "in", "red", "-rrb-", "waves"]),
+    ("a [blurry] photo {of} a dog", None),
+    ("A man's hat.", ["a", "man", "'s", "hat"]),
+    ("Don't stop", ["do", "n't", "stop"]),
+    ("I can't", ["i", "ca", "n't"]),
+    ("a red t-shirt", ["a", "red", "t-shirt"]),
+    ("3.5 meters, 1,000 birds", ["3.5", "meters", "1,000", "birds"]),
+    ("50% off at St. Mary's", ["50", "%", "off", "at", "st.", "mary", "'s"]),
+    ('He said "hi" -- then left...', ["he", "said", "hi", "then", "left"]),
+    ("wow!!! really?!", ["wow", "!!!", "really", "?!"]),
+    ("#1 fan", ["#", "1", "fan"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), TOKEN_CLASSES)
+def test_vocabulary_tokens_are_the_scorers_tokens(text: str, expected) -> None:
+    assert tokenize(text) == ptb_tokenize(text).split()
+    if expected is not None:
+        assert tokenize(text) == expected
+
+
+def test_vocabulary_and_references_agree_on_every_token_class() -> None:
+    """A vocabulary built from captions holding every token class encodes each reference
+    without <unk>, and the words it decodes to score as the reference itself."""
+    captions = [text for text, _ in TOKEN_CLASSES]
+    vocab = Vocabulary.build([tokenize(c) for c in captions], min_count=1)
+    assert vocab.tokenizer == "ptb"
+    for caption in captions:
+        ids = vocab.encode(vocab.tokenize(caption), max_words=50)
+        assert UNK_ID not in ids, caption
+        assert ptb_tokenize(" ".join(vocab.decode(ids))) == ptb_tokenize(caption), caption
+    for word in ("p.m.", "$", "&", "-lrb-", "-rrb-", "-lsb-", "-rcb-", "%", "st."):
+        assert word in vocab
+
+
+def test_legacy_vocabulary_keeps_its_tokenizer() -> None:
+    """A vocabulary written before the tokenizer was recorded (format 1) tokenises text as
+    it was trained, and is written back in format 1."""
+    old = {"format_version": 1, "min_count": 1, "words": [PAD, START, END, UNK, "p", "m"]}
+    vocab = Vocabulary.from_json(old)
+    assert vocab.tokenizer == "legacy"
+    assert vocab.tokenize("at 5 p.m.") == ["at", "5", "p", "m"] == legacy_tokenize("at 5 p.m.")
+    assert vocab.to_json() == old
+    new = Vocabulary.build([["p.m."]], min_count=1)
+    assert new.tokenize("at 5 p.m.") == ["at", "5", "p.m."]
+    assert new.to_json()["tokenizer"] == "ptb"
+
+
+def test_committed_old_checkpoint_still_loads_with_its_tokenizer() -> None:
+    from mrnn_jax.captioner import load
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    captioner = load(os.path.join(here, "data", "tiny_checkpoint"))
+    assert captioner.vocab.tokenizer == "legacy"  # written before the tokenizer was recorded
+    scores = captioner.log_likelihood(
+        np.zeros((1, *_image_shape(captioner)), _image_dtype(captioner)), ["a red circle."]
+    )
+    assert np.isfinite(scores).all()
+
+
+def _image_shape(captioner) -> tuple[int, ...]:
+    size = int(captioner.config.encoder.image_size)
+    if captioner.takes_pixels:
+        return (size, size, 3)
+    return (int(captioner.config.encoder.features_dim),)
+
+
+def _image_dtype(captioner):
+    return np.uint8 if captioner.takes_pixels else np.float32
+
+
+# -------------------------------------------------- the legacy tokenizer (old vocabularies)
 
 
 @pytest.mark.parametrize(
@@ -59,17 +140,18 @@ from mrnn_jax.vocab import (
         ("HELLO World", ["hello", "world"]),
     ],
 )
-def test_tokenize(text: str, expected: list[str] | None) -> None:
+def test_legacy_tokenize(text: str, expected: list[str] | None) -> None:
     if expected is None:
         expected = ["we", "'re", "here", "they", "'ve", "gone", "she", "'ll", "come"]
         expected += ["i", "'m", "in"]
-    assert tokenize(text) == expected
+    assert legacy_tokenize(text) == expected
 
 
 def test_tokenize_returns_fresh_lists() -> None:
-    first = tokenize("a dog")
-    first.append("x")
-    assert tokenize("a dog") == ["a", "dog"]
+    for function in (tokenize, legacy_tokenize):
+        first = function("a dog")
+        first.append("x")
+        assert function("a dog") == ["a", "dog"]
 
 
 # ----------------------------------------------------------------------- reserved ids
@@ -250,7 +332,7 @@ def test_decode_errors(vocab: Vocabulary) -> None:
 
 def test_json_round_trip(vocab: Vocabulary) -> None:
     d = vocab.to_json()
-    assert d["format_version"] == 1
+    assert d["format_version"] == 2 and d["tokenizer"] == "ptb"
     assert d["words"][:4] == [PAD, START, END, UNK]
     again = Vocabulary.from_json(json.loads(json.dumps(d)))
     assert again == vocab
@@ -264,7 +346,7 @@ def test_save_load_round_trip(tmp_path, vocab: Vocabulary) -> None:
     assert loaded == vocab
     assert loaded.words == vocab.words
     assert loaded.min_count == vocab.min_count
-    assert json.loads(path.read_text(encoding="utf-8"))["format_version"] == 1
+    assert json.loads(path.read_text(encoding="utf-8"))["format_version"] == 2
     # no temporary files left behind
     assert os.listdir(path.parent) == ["vocab.json"]
 
@@ -304,7 +386,16 @@ def test_load_binary_garbage(tmp_path) -> None:
     ("data", "problem"),
     [
         ([1, 2], "JSON object"),
-        ({"format_version": 2, "min_count": 1, "words": [PAD, START, END, UNK]}, "format_version"),
+        ({"format_version": 3, "min_count": 1, "words": [PAD, START, END, UNK]}, "format_version"),
+        (
+            {
+                "format_version": 2,
+                "tokenizer": "x",
+                "min_count": 1,
+                "words": [PAD, START, END, UNK],
+            },
+            "tokenizer",
+        ),
         ({"min_count": 1, "words": [PAD, START, END, UNK]}, "format_version"),
         ({"format_version": 1, "words": [PAD, START, END, UNK]}, "min_count"),
         ({"format_version": 1, "min_count": 1}, "words"),

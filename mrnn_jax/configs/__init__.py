@@ -96,6 +96,11 @@ def validate(config: ConfigDict) -> None:
     for key in ("batch_size", "max_decode_words"):
         if config.eval[key] < 1:
             raise MrnnError(f"eval.{key} must be positive, got {config.eval[key]}")
+    from mrnn_jax import evaluators, selection
+
+    selection.Selector.from_config(config.train)
+    if "evaluators" in config:
+        evaluators.check_config(config.evaluators)
 
 
 def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:

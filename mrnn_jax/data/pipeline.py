@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from mrnn_jax.data.records import ImageRecord
-from mrnn_jax.vocab import PAD_ID, Vocabulary
+from mrnn_jax.vocab import PAD_ID, TOKENIZER, Vocabulary
 
 
 @dataclasses.dataclass
@@ -52,7 +52,7 @@ class CaptionTable:
     def build(cls, records: list[ImageRecord], vocab: Vocabulary, max_words: int) -> CaptionTable:
         """Encodes every caption of ``records`` (start + up to max_words words + end, padded)."""
         index = [i for i, record in enumerate(records) for _ in record.tokens]
-        token_lists = [tokens for record in records for tokens in record.tokens]
+        token_lists = [tokens for record in records for tokens in _tokens(record, vocab)]
         return cls(
             image_index=np.asarray(index, np.int32),
             tokens=vocab.encode_batch(token_lists, max_words),
@@ -65,7 +65,7 @@ class CaptionTable:
     ) -> CaptionTable:
         """Like :meth:`build`, but long enough for the split's longest caption, so that
         evaluation scores every word (an end token after a cut would be credited falsely)."""
-        longest = max((len(t) for record in records for t in record.tokens), default=0)
+        longest = max((len(t) for r in records for t in _tokens(r, vocab)), default=0)
         return cls.build(records, vocab, max(max_words, longest))
 
     def __len__(self) -> int:
@@ -91,6 +91,14 @@ class CaptionTable:
             self._orders.clear()
             self._orders[key] = EpochOrder(images=images, first_caption=first)
         return self._orders[key]
+
+
+def _tokens(record: ImageRecord, vocab: Vocabulary) -> tuple[tuple[str, ...], ...]:
+    """The record's captions as ``vocab``'s tokenizer splits them: the records' own tokens
+    (the current tokenizer's), or for a legacy vocabulary its old tokenizer's."""
+    if vocab.tokenizer == TOKENIZER:
+        return record.tokens
+    return tuple(tuple(vocab.tokenize(caption)) for caption in record.captions)
 
 
 def images_per_batch(batch_size: int, captions_per_image: int) -> int:
