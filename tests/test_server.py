@@ -195,7 +195,10 @@ def browser():
             f"no Chromium at {CHROMIUM}: the browser test needs Debian's chromium package "
             "(apt-get install -y chromium) or MRNN_CHROMIUM=/path/to/chromium"
         )
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser test needs Playwright from PyPI: pip install playwright")
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
