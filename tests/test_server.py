@@ -254,10 +254,11 @@ def test_the_page_in_a_browser_shows_what_the_commands_print(live_server, browse
     assert searched.returncode == 0, searched.stderr[-3000:]
     rows = [line.split("\t") for line in searched.stdout.splitlines()]
     assert names == [name for _, name in rows] and scores == [s.strip() for s, _ in rows]
-    loaded = page.evaluate(
-        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)"
+    assert len(names) == 6 and len(page.query_selector_all("#results img")) == 6
+    page.wait_for_function(  # every thumbnail arrives and decodes
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)",
+        timeout=30_000,
     )
-    assert loaded and len(names) == 6
 
     # Bad uploads each show a clear message, and the server goes on serving.
     for path, message in [
