@@ -5,6 +5,7 @@ server goes on), and 100 concurrent requests, all answered, with flat memory."""
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import os
 import shutil
@@ -237,6 +238,26 @@ def test_the_page_in_a_browser_shows_what_the_commands_print(live_server, browse
         for _, text, log_prob in (line.split("\t") for line in printed.stdout.splitlines())
     ]
     assert error == "" and shown == expected and len(shown) == 3
+
+    # Dropping the file on the page does the same.
+    with open(SAMPLE, "rb") as f:
+        encoded = base64.b64encode(f.read()).decode("ascii")
+    page.evaluate(
+        """(data) => {
+          const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+          document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }""",
+        encoded,
+    )
+    page.wait_for_selector("#captions[data-state=done]", state="attached", timeout=60_000)
+    dropped = [
+        (li.query_selector(".text").inner_text(), li.query_selector(".lp").inner_text())
+        for li in page.query_selector_all("#captions li")
+    ]
+    assert dropped == expected
 
     # Typing a sentence shows mrnn search's ranking of the gallery, with thumbnails.
     page.fill("#query", files["query"])
