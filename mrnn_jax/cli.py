@@ -396,7 +396,8 @@ def _decoding(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mrnn_jax import configs, evaluate, train
+    from mrnn_jax import configs, train
+    from mrnn_jax.evaluate import PHRASE_ACCURACY
 
     _start_distributed(args)
     config = configs.load_config(args.config, [*_data_overrides(args), *args.overrides])
@@ -416,8 +417,8 @@ def _train(args: argparse.Namespace) -> int:
         line = f"{split}: perplexity {values['perplexity']:.3f}"
         if "CIDEr-D" in values and values["CIDEr-D"] is not None:
             line += f", CIDEr-D {values['CIDEr-D']:.3f}"
-        if evaluate.PHRASE_ACCURACY in values:
-            line += f", largest object named {100 * values[evaluate.PHRASE_ACCURACY]:.1f}%"
+        if PHRASE_ACCURACY in values:
+            line += f", largest object named {100 * values[PHRASE_ACCURACY]:.1f}%"
         print(line)
     print(f"results: {os.path.join(args.workdir, 'results.json')}")
     return 0

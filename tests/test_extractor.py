@@ -114,10 +114,32 @@ def test_weights_other_than_the_features_came_from_are_refused(features_run, tmp
     save_encoder_weights(other, "alexnet", variables, source, TORCHVISION)
     with pytest.raises(MrnnError, match="converted from other.pth .*features came from x.pth"):
         api.load(features_run["workdir"], encoder_weights=other)
-    resnet = str(tmp_path / "resnet.msgpack")
-    random_weights(resnet, "resnet50")
-    with pytest.raises(MrnnError, match="holds 'resnet50' weights, expected 'alexnet'"):
-        api.load(features_run["workdir"], encoder_weights=resnet)
+    mislabelled = str(tmp_path / "vgg16.msgpack")
+    save_encoder_weights(mislabelled, "vgg16", variables, meta["source"], TORCHVISION)
+    with pytest.raises(MrnnError, match="holds 'vgg16' weights, expected 'alexnet'"):
+        api.load(features_run["workdir"], encoder_weights=mislabelled)
     # Features without provenance (made elsewhere) cannot say which CNN made them.
     with pytest.raises(MrnnError, match="carry no provenance from 'mrnn extract-features'"):
         from_provenance({"path": "vsepp.npz", "provenance": {}}, features_run["weights"], 4096)
+
+
+@pytest.mark.slow
+def test_the_server_captions_uploads_for_a_features_run(features_run):
+    from fastapi.testclient import TestClient
+
+    from mrnn_jax import server
+
+    model = api.load(features_run["workdir"], encoder_weights=features_run["weights"])
+    gallery = api.load_gallery(model, features=features_run["features"])
+    rows = np.asarray(load_features(features_run["features"]).features, np.float32)
+    path = features_run["paths"][1]
+    expected = api.caption(model, rows[1:2], strategy="beam", beam_size=3, num_return=3)[0]
+    with TestClient(server.create_app(model, gallery)) as client:
+        with open(path, "rb") as f:
+            answer = client.post("/api/caption", files={"image": ("photo.jpg", f)}).json()
+        assert [c["text"] for c in answer["captions"]] == [c.text for c in expected]
+        found = client.post("/api/search", json={"sentence": "a photo", "top": 3}).json()
+        assert [r["thumbnail"] for r in found["results"]] == [None] * 3  # names and scores
+        assert [r["name"] for r in found["results"]] == [
+            m.name for m in api.search(model, "a photo", gallery, top=3).matches
+        ]

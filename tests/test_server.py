@@ -5,6 +5,7 @@ server goes on), and 100 concurrent requests, all answered, with flat memory."""
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import os
 import shutil
@@ -195,7 +196,10 @@ def browser():
             f"no Chromium at {CHROMIUM}: the browser test needs Debian's chromium package "
             "(apt-get install -y chromium) or MRNN_CHROMIUM=/path/to/chromium"
         )
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser test needs Playwright from PyPI: pip install playwright")
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -235,6 +239,26 @@ def test_the_page_in_a_browser_shows_what_the_commands_print(live_server, browse
     ]
     assert error == "" and shown == expected and len(shown) == 3
 
+    # Dropping the file on the page does the same.
+    with open(SAMPLE, "rb") as f:
+        encoded = base64.b64encode(f.read()).decode("ascii")
+    page.evaluate(
+        """(data) => {
+          const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+          document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }""",
+        encoded,
+    )
+    page.wait_for_selector("#captions[data-state=done]", state="attached", timeout=60_000)
+    dropped = [
+        (li.query_selector(".text").inner_text(), li.query_selector(".lp").inner_text())
+        for li in page.query_selector_all("#captions li")
+    ]
+    assert dropped == expected
+
     # Typing a sentence shows mrnn search's ranking of the gallery, with thumbnails.
     page.fill("#query", files["query"])
     page.fill("#top", "6")
@@ -251,10 +275,11 @@ def test_the_page_in_a_browser_shows_what_the_commands_print(live_server, browse
     assert searched.returncode == 0, searched.stderr[-3000:]
     rows = [line.split("\t") for line in searched.stdout.splitlines()]
     assert names == [name for _, name in rows] and scores == [s.strip() for s, _ in rows]
-    loaded = page.evaluate(
-        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)"
+    assert len(names) == 6 and len(page.query_selector_all("#results img")) == 6
+    page.wait_for_function(  # every thumbnail arrives and decodes
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)",
+        timeout=30_000,
     )
-    assert loaded and len(names) == 6
 
     # Bad uploads each show a clear message, and the server goes on serving.
     for path, message in [
