@@ -440,6 +440,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     model = _load_for_data(args)
     decoding = {k: v for k, v in _decoding(args).items() if v is not None}
+    if args.rerank != "consensus" and (args.rerank_metric or args.rerank_features):
+        raise MrnnError("--rerank-metric and --rerank-features need --rerank consensus")
     evaluation = api.evaluate_captioning(
         model,
         args.split,
