@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -47,7 +47,6 @@ ASIDE_DIR = "moved_aside"
 TMP_MARK = ".orbax-checkpoint-tmp"
 JSON_ITEMS = ("meta", "config", "vocab")
 LATEST_ITEMS = ("params", "train_state", *JSON_ITEMS)
-BEST_ITEMS = ("params", *JSON_ITEMS)
 READ_ITEMS = ("params", "config", "vocab")  # what a captioner needs
 # Errors of the file system that a save reports (orbax and TensorStore wrap them in their own).
 _DISK_ERRORS = ("RESOURCE_EXHAUSTED", "No space left", "PERMISSION_DENIED", "Permission denied")
@@ -170,20 +169,14 @@ def _digit_steps(directory: str) -> list[int]:
 
 
 def newest_intact(
-    directory: str,
-    items: Sequence[str],
-    move: bool = True,
-    attempt: Callable[[str, int, dict], Any] | None = None,
-) -> tuple[int, Any] | None:
-    """The newest step of ``directory`` that reads back completely, and ``attempt(directory,
-    step, json_items)``'s result for it (the JSON items when no ``attempt``); None when
-    there is none. Unusable steps are warned about and moved aside (see :func:`move_aside`).
-    ``attempt`` may raise :class:`UnusableCheckpoint` too; a :class:`MrnnError` it raises
-    (a user's mistake, not damage) goes through."""
+    directory: str, items: Sequence[str], move: bool = True
+) -> tuple[int, dict] | None:
+    """The newest step of ``directory`` whose ``items`` read back completely, with its JSON
+    items; None when there is none. Unusable steps are warned about and moved aside (see
+    :func:`move_aside`)."""
     for step in _digit_steps(directory):
         try:
-            found = verify_step(os.path.join(directory, str(step)), items)
-            return step, (attempt(directory, step, found) if attempt else found)
+            return step, verify_step(os.path.join(directory, str(step)), items)
         except UnusableCheckpoint as e:
             move_aside(directory, step, str(e), move)
     return None

@@ -56,7 +56,7 @@ class MetricsLog:
         """Cuts the file back to its first ``rows`` rows, those of the checkpoint a run
         resumes from (0 for a fresh run). Older checkpoints that did not record the count
         (``rows`` None) keep the rows up to ``step``."""
-        if not self.enabled:
+        if not self.enabled or (rows == 0 and not os.path.exists(self.path)):
             self.rows = rows or 0
             return
         kept = read_rows(self.path)
@@ -73,9 +73,6 @@ class MetricsLog:
         else:
             kept = kept[:rows]
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        if rows == 0 and not os.path.exists(self.path):
-            self.rows = 0
-            return
         files.write_text_atomic(self.path, text, "metrics log")
         self.rows = len(kept)
 
