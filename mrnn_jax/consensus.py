@@ -279,6 +279,7 @@ class ConsensusReranker:
         tokenised = functools.lru_cache(maxsize=None)(ptb_tokenize)  # captions repeat
         self.documents = [[tokenised(c) for c in captions] for captions in train_captions]
         self.first_row = np.cumsum([0] + [len(d) for d in self.documents])
+        self.sentences = [sentence for document in self.documents for sentence in document]
         self.cider = PairCider(self.documents) if options.metric == "CIDEr" else None
 
     def with_metric(self, metric: str) -> ConsensusReranker:
@@ -314,15 +315,9 @@ class ConsensusReranker:
             if self.cider is not None:
                 pair = self.cider.scores(tokens, rows)
             else:
-                sentences = [self.reference_sentence(r) for r in rows]
-                pair = pair_bleu4(tokens, sentences)
+                pair = pair_bleu4(tokens, [self.sentences[r] for r in rows])
             scores.append(consensus_score(pair, self.options.references_kept))
         return scores
-
-    def reference_sentence(self, row: int) -> str:
-        """The tokenised training caption in corpus row ``row``."""
-        index = int(np.searchsorted(self.first_row, row, side="right")) - 1
-        return self.documents[index][row - self.first_row[index]]
 
     def rerank(
         self, image_inputs: np.ndarray, candidates: Sequence[Sequence[tuple[str, float]]]

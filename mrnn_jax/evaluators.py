@@ -12,7 +12,7 @@ Config entry keys (every kind):
   prefix:  the name its scalars are logged under ("" = the split's name).
   every:   steps between runs; 0 = every ``train.eval_every`` steps; -1 = never. An evaluator
            that runs at all also runs at the last step.
-  num_images: the first N images of the split (0 = all; captions and retrieval only).
+  num_images: the first N images of the split (0 = all).
 
 captions: ``strategy`` ("greedy" or "beam"), ``beam_size``, ``metrics`` (coco-caption
 metric names: BLEU, ROUGE_L, CIDEr, METEOR; METEOR needs Java). CIDEr-D's document

@@ -828,7 +828,10 @@ def write_run_report(workdir: str | os.PathLike[str], results: Mapping) -> str:
         f"{esc(str(selected.get('metric')))}</b> ({esc(str(selected.get('mode')))}imised) = "
         f"{esc(_format_value(selected.get('value')))}.</p>"
     )
-    names = [n for n in dict.fromkeys(k for v in splits.values() for k in v)]
+    first = ("num_images", "perplexity", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR")
+    first += ("ROUGE-L", "CIDEr-D")
+    found = dict.fromkeys(k for values in splits.values() for k in values)
+    names = [n for n in first if n in found] + [n for n in found if n not in first]
     if splits:
         parts.append('<table class="summary results"><tr><th>split</th>')
         parts += [f"<th>{esc(n)}</th>" for n in names]

@@ -294,3 +294,39 @@ def test_tensorboard_after_a_lost_checkpoint_shows_each_step_once(tmp_path):
     assert steps == [5, 10, 15, 20]
     last = [r for r in _rows(workdir) if r["split"] == "train"][-1]
     assert events.Scalars("train/loss")[-1].value == pytest.approx(last["loss"], rel=1e-6)
+
+
+def test_captions_evaluator_scores_beam_captions_of_its_subset():
+    import jax
+
+    from mrnn_jax import decode, evaluate, evaluators, sharding
+    from mrnn_jax.data import load_dataset
+    from mrnn_jax.model import make_model
+    from mrnn_jax.train import build_vocab
+
+    overrides = ["evaluators.captions.strategy=beam", "evaluators.captions.num_images=4"]
+    overrides += ["evaluators.captions.beam_size=2", "evaluators.captions.metrics=BLEU,CIDEr"]
+    config = configs.load_config("tiny", overrides)
+    splits = load_dataset(config.dataset, config.encoder).splits
+    vocab = build_vocab(splits["train"].records, 1)
+    model = make_model(config.model, config.encoder, len(vocab))
+    val = splits["val"]
+    params = model.init(jax.random.key(1), val.inputs[:1], np.zeros((1, 3), np.int32))["params"]
+    mesh = sharding.make_mesh(1)
+    built = {e.name: e for e in evaluators.build_evaluators(config, model, vocab, splits, mesh)}
+    scalars = built["captions"].run(params)
+    assert set(scalars) == {
+        "BLEU-1",
+        "BLEU-2",
+        "BLEU-3",
+        "BLEU-4",
+        "CIDEr-D",
+        "largest object named",
+    }
+    subset = evaluators._subset(val, 4)
+    options = decode.DecodeOptions(strategy="beam", beam_size=2, max_words=20)
+    expected = evaluate.evaluate_captioning(
+        model, params, subset, vocab, options, max_words=20, batch_size=16, mesh=mesh,
+        perplexity=float("nan"), metrics=("BLEU", "CIDEr"),
+    )  # fmt: skip
+    assert scalars == {k: v for k, v in expected.metrics.items()}

@@ -141,7 +141,7 @@ def test_consensus_reranking_rows_beside_the_plain_n_best(tiny_run, tmp_path):
     with open(os.path.join(out, "captioning_test.json"), encoding="utf-8") as f:
         table = json.load(f)
     rows = ["greedy", "beam K=2 n-best", "beam K=2 + consensus CIDEr", "beam K=2 + consensus BLEU"]
-    assert list(table["strategies"]) == rows
+    assert set(table["strategies"]) == set(rows)
     assert [r["metric"] for r in table["rerank"]] == ["CIDEr", "BLEU"]
     assert all(r["num_hypotheses"] == 2 and r["num_neighbours"] == 60 for r in table["rerank"])
     assert [r["references_kept"] for r in table["rerank"]] == [125, 175]
