@@ -28,6 +28,8 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mrnn_jax.errors import MrnnError
+from mrnn_jax.errors import MrnnError, WriteFailed
 
 log = logging.getLogger("mrnn_jax")
 
@@ -225,22 +227,61 @@ def remove_temporary(directory: str) -> None:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
-def _drop_orbax_leftovers() -> None:
-    """After a failed read or write, orbax's abandoned coroutines report "Event loop is
-    closed" as unraisable exceptions (tracebacks on stderr, at exit): those alone are
-    dropped; every other unraisable exception still reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_mrnn_quiet", False):
+def _remove_temporary_settled(directories: list[str], timeout: float = 10.0) -> None:
+    """:func:`remove_temporary` until nothing new appears: after a failed write, orbax's
+    worker threads may still be creating (and failing in) their temporary folders."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        found = any(
+            TMP_MARK in name for d in directories if os.path.isdir(d) for name in os.listdir(d)
+        )
+        for d in directories:
+            remove_temporary(d)
+        quiet = 0 if found else quiet + 1
+        time.sleep(0.2)
+
+
+def _loop_closed(value: object) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+
+def _filter_loop_closed() -> None:
+    """Orbax runs each write in an event loop of its own; after a failed read or write,
+    TensorStore's threads still call back into that closed loop and report "Event loop is
+    closed" (as unraisable exceptions, thread exceptions or through ``sys.excepthook``).
+    Those reports alone are dropped; every other exception still reaches the previous hook."""
+    if getattr(sys.unraisablehook, "_mrnn_quiet", False):
         return
+    previous_unraisable, previous_thread, previous_except = (
+        sys.unraisablehook,
+        threading.excepthook,
+        sys.excepthook,
+    )
 
-    def hook(unraisable) -> None:
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
-            return
-        previous(unraisable)
+    def unraisable(report) -> None:
+        if not _loop_closed(report.exc_value):
+            previous_unraisable(report)
 
-    hook._mrnn_quiet = True
-    sys.unraisablehook = hook
+    def thread(args) -> None:
+        if not _loop_closed(args.exc_value):
+            previous_thread(args)
+
+    def uncaught(kind, value, traceback) -> None:
+        if not _loop_closed(value):
+            previous_except(kind, value, traceback)
+
+    unraisable._mrnn_quiet = True
+    sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable, thread, uncaught
+
+
+def _drop_orbax_leftovers() -> None:
+    """After a failed read or write, the error has reached us: orbax's abandoned tasks'
+    reports (asyncio's "Task exception was never retrieved", failed future callbacks, the
+    closed loop) are dropped."""
+    _filter_loop_closed()
+    for name in ("asyncio", "concurrent.futures"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 @contextlib.contextmanager
@@ -351,6 +392,7 @@ class RunCheckpoints:
                 f"step {step}: the parameters are not finite; not saving them over the last "
                 "finite checkpoint"
             )
+        _filter_loop_closed()  # before the write: its threads report as it fails
         try:
             with _quiet_orbax():  # its worker threads log a failed write's traceback
                 self._save(manager, step, params, train_state, meta, config, vocab, best)
@@ -358,8 +400,10 @@ class RunCheckpoints:
             _drop_orbax_leftovers()
             if not _disk_error(e):
                 raise
-            remove_temporary(str(manager.directory))
-            raise MrnnError(
+            with contextlib.suppress(Exception):  # let its other writes fail before cleaning up
+                manager.wait_until_finished()
+            _remove_temporary_settled([str(manager.directory)])
+            raise WriteFailed(
                 f"{os.path.join(str(manager.directory), str(step))}: cannot save the checkpoint "
                 f"({_cause(e)}); nothing half-written is left, and the run resumes from the last "
                 "saved step"
@@ -408,12 +452,13 @@ class RunCheckpoints:
         self.best.close()
 
     def close_quietly(self) -> None:
-        """:meth:`close` on the way out of a failed run: errors of pending writes (their
-        temporary folders are removed at the next start) are not raised."""
+        """:meth:`close` on the way out of a failed run: errors of pending writes are not
+        raised, and what they left half-written is removed."""
         logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads' last words
         _drop_orbax_leftovers()
         with contextlib.suppress(Exception):
             self.close()
+        _remove_temporary_settled([str(self.latest.directory), str(self.best.directory)])
 
 
 def find_checkpoint(path: str, which: str = "best") -> tuple[str, int]:

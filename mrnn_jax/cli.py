@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mrnn_jax.errors import MrnnError
+from mrnn_jax.errors import MrnnError, WriteFailed
 from mrnn_jax.interrupt import Interrupted
 
 EPILOG_TRAIN = """\
@@ -618,6 +618,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except MrnnError as error:
         print(f"mrnn: error: {error}", file=sys.stderr)
+        if isinstance(error, WriteFailed) and argv is None:  # the program, not a caller
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except Interrupted as stopped:  # SIGINT / SIGTERM: 128 + the signal's number
         print(f"mrnn: {stopped}", file=sys.stderr)

@@ -171,7 +171,8 @@ def test_the_command_line_only_parses_and_prints():
             imported |= {a.name for a in node.names}
     allowed = {
         "__future__.annotations", "argparse", "logging", "os", "sys",
-        "collections.abc.Sequence", "mrnn_jax.errors.MrnnError", "mrnn_jax.api",
+        "collections.abc.Sequence", "mrnn_jax.errors.MrnnError", "mrnn_jax.errors.WriteFailed",
+        "mrnn_jax.api",
         "mrnn_jax.configs", "mrnn_jax.train", "mrnn_jax.distributed",
         "mrnn_jax.distributed.is_primary", "mrnn_jax.extract", "mrnn_jax.server",
         "mrnn_jax.limits.Limits", "mrnn_jax.interrupt.Interrupted",
