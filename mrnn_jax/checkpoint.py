@@ -225,34 +225,48 @@ def remove_temporary(directory: str) -> None:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
+def _loop_closed(value: BaseException | None) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+
 def _drop_orbax_leftovers() -> None:
     """After a failed read or write, orbax's abandoned coroutines report "Event loop is
-    closed" as unraisable exceptions (tracebacks on stderr, at exit): those alone are
-    dropped; every other unraisable exception still reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_mrnn_quiet", False):
-        return
+    closed" from TensorStore's callbacks (bare tracebacks on stderr, through
+    ``sys.excepthook`` or ``sys.unraisablehook``): those alone are dropped; every other
+    exception still reaches the previous hooks."""
+    if not getattr(sys.excepthook, "_mrnn_quiet", False):
+        previous_excepthook = sys.excepthook
 
-    def hook(unraisable) -> None:
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
-            return
-        previous(unraisable)
+        def excepthook(kind, value, traceback) -> None:
+            if not _loop_closed(value):
+                previous_excepthook(kind, value, traceback)
 
-    hook._mrnn_quiet = True
-    sys.unraisablehook = hook
+        excepthook._mrnn_quiet = True
+        sys.excepthook = excepthook
+    if not getattr(sys.unraisablehook, "_mrnn_quiet", False):
+        previous_unraisablehook = sys.unraisablehook
+
+        def unraisablehook(unraisable) -> None:
+            if not _loop_closed(unraisable.exc_value):
+                previous_unraisablehook(unraisable)
+
+        unraisablehook._mrnn_quiet = True
+        sys.unraisablehook = unraisablehook
 
 
 @contextlib.contextmanager
 def _quiet_orbax():
-    """Orbax's own logging (absl) of a failed write silenced: the error is raised to us,
-    and the command line reports it in one line. After a failure it stays silenced, since
-    orbax's worker threads go on logging the same error until the process exits."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """Orbax's own logging (absl, asyncio) of a failed write silenced: the error is raised
+    to us, and the command line reports it in one line. After a failure it stays silenced,
+    since orbax's worker threads go on reporting the same error until the process exits."""
+    _drop_orbax_leftovers()
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     yield
-    logger.setLevel(level)
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 def _disk_error(error: BaseException) -> bool:
@@ -410,7 +424,8 @@ class RunCheckpoints:
     def close_quietly(self) -> None:
         """:meth:`close` on the way out of a failed run: errors of pending writes (their
         temporary folders are removed at the next start) are not raised."""
-        logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads' last words
+        for name in ("absl", "asyncio"):  # orbax's threads' last words
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         _drop_orbax_leftovers()
         with contextlib.suppress(Exception):
             self.close()
