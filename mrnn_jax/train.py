@@ -27,6 +27,7 @@ from mrnn_jax import checkpoint, configs, distributed, evaluate, files, metrics,
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
 from mrnn_jax.data.pipeline import CaptionTable, batch_indices, data_state, train_batch
+from mrnn_jax.early_stopping import BestSoFar
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN, make_model
@@ -177,14 +178,17 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
 
 def jit_device_data_step(train_step: Callable, mesh) -> Callable:
     """``train_step`` fed from a training set held on the devices: ``step(state, data,
-    indices)`` gathers the batch (``data["inputs"][indices["images"]]``, ``data["tokens"]
-    [indices["rows"]]``) on device, so the host only sends the batch's row numbers."""
+    indices, width)`` gathers the batch (``data["inputs"][indices["images"]]``,
+    ``data["tokens"][indices["rows"], :width]``) on device, so the host only sends the
+    batch's row numbers."""
     replicated, split = sharding.replicated(mesh), sharding.data_sharding(mesh)
 
-    def device_step(state: TrainState, data: dict, indices: dict) -> tuple[TrainState, dict]:
+    def device_step(
+        state: TrainState, data: dict, indices: dict, width: int
+    ) -> tuple[TrainState, dict]:
         batch = {
             "image": data["inputs"][indices["images"]],
-            "tokens": data["tokens"][indices["rows"]],
+            "tokens": data["tokens"][indices["rows"], :width],
         }
         return train_step(state, jax.lax.with_sharding_constraint(batch, split))
 
@@ -192,8 +196,15 @@ def jit_device_data_step(train_step: Callable, mesh) -> Callable:
         device_step,
         in_shardings=(replicated, replicated, split),
         out_shardings=(replicated, replicated),
+        static_argnums=(3,),
         donate_argnums=(0,),
     )
+
+
+def bucket_widths(config: ConfigDict) -> tuple[int, ...]:
+    """The length buckets' padded widths in token positions (``train.length_buckets`` are in
+    words; start and end tokens add two); empty without buckets."""
+    return tuple(int(words) + 2 for words in config.train.get("length_buckets", ()))
 
 
 # --- work directory ----------------------------------------------------------------------
@@ -370,20 +381,26 @@ def _train_and_evaluate(
 
     # Resume.
     vocab_json = vocab.to_json()
-    best_val = float("inf")
+    # The scalar that picks the best checkpoint, and stops the run after train.patience
+    # evaluations without improving: the validation perplexity.
+    watch = BestSoFar.start("min", tc.get("patience", 0))
     if latest is not None:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
         )
         params, extras, meta = ckpts.restore(latest, abstract.params, abstract.checkpoint_extras())
         state = TrainState(params=params, **extras)
-        best_val = float(meta.get("best_val_perplexity", float("inf")))
+        watch = watch.resumed(
+            meta.get("best_so_far")
+            or {"best": meta.get("best_val_perplexity", math.inf), "best_step": -1, "stale": 0}
+        )
         log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
 
     # Loop.
     # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
     l2_skip = ("image_encoder",) if pretrained else ()
     pure_step = make_train_step(model, tx, tc.l2_weight, l2_skip)
+    widths = bucket_widths(config)
     device_data = None
     if tc.get("device_data", False):
         if isinstance(train_inputs, ImageFiles):
@@ -410,13 +427,14 @@ def _train_and_evaluate(
         unit="step",
         dynamic_ncols=True,
     )
-    while step < tc.num_steps:
+    while step < tc.num_steps and not watch.should_stop:
         if device_data is not None:
             indices = batch_indices(
-                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image
+                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image, widths=widths
             )
+            width = indices.pop("width")
             state, step_metrics = train_step(
-                state, device_data, sharding.shard_batch(indices, mesh)
+                state, device_data, sharding.shard_batch(indices, mesh), width
             )
         else:
             batch = train_batch(
@@ -428,6 +446,7 @@ def _train_and_evaluate(
                 tc.captions_per_image,
                 process_index=jax.process_index(),  # each process reads only its own part
                 process_count=jax.process_count(),
+                widths=widths,
             )
             state, step_metrics = train_step(state, sharding.shard_local_batch(batch, mesh))
         window.append(step_metrics)
@@ -455,19 +474,23 @@ def _train_and_evaluate(
                 bar.write(f"step {step}: validation perplexity {val['perplexity']:.3f}")
             if not math.isfinite(val["perplexity"]):
                 log.warning("step %d: validation perplexity is not finite", step)
-            elif val["perplexity"] < best_val:
-                best_val, is_best = val["perplexity"], True
-        if step % tc.checkpoint_every == 0 or last or is_best:
+            watch = watch.observe(step, val["perplexity"])
+            is_best = watch.improved
+        stop = watch.should_stop
+        if step % tc.checkpoint_every == 0 or last or is_best or stop:
             meta = {
                 "step": step,
                 "data_state": data_state(train_table, step, tc.batch_size, tc.captions_per_image),
-                "best_val_perplexity": best_val,
+                "best_val_perplexity": watch.best,
+                "best_so_far": watch.to_json(),
                 "data": data_summary,
             }
             if is_best:
                 ckpts.save(step, state.params, None, meta, config_json, vocab_json, best=True)
             ckpts.save(step, state.params, state.checkpoint_extras(), meta, config_json, vocab_json)
         window_start += time.time() - paused  # tokens per second count training time only
+        if stop:
+            _log_early_stop(bar if primary else None, watch, step)
     bar.close()
 
     # Final evaluation, on the best checkpoint.
@@ -477,7 +500,7 @@ def _train_and_evaluate(
     params = checkpoint.restore_params(best_dir, best_step, _abstract(state.params))
     results = {
         "best_step": best_step,
-        "best_val_perplexity": best_val,
+        "best_val_perplexity": watch.best,
         "data": dataset.summary(),  # again: images found broken while training count too
         "splits": {},
     }
@@ -502,6 +525,17 @@ def _train_and_evaluate(
     if primary:
         files.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def _log_early_stop(bar: tqdm | None, watch: BestSoFar, step: int) -> None:
+    """Says that the run stops early, and why."""
+    message = (
+        f"step {step}: no better validation perplexity in {watch.stale} evaluations (best "
+        f"{watch.best:.3f} at step {watch.best_step}): stopping early (train.patience)"
+    )
+    log.info(message)
+    if bar is not None:
+        bar.write(message)
 
 
 def _abstract(tree: Any) -> Any:
