@@ -18,13 +18,15 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mrnn_jax import decode, metrics, sharding
-from mrnn_jax.data.pipeline import CaptionTable, SplitData, eval_batches, image_batches
+from mrnn_jax.data.pipeline import (
+    EVAL_WIDTHS,
+    CaptionTable,
+    SplitData,
+    eval_batches,
+    image_batches,
+)
 from mrnn_jax.model import MRNN
 from mrnn_jax.vocab import Vocabulary
-
-EVAL_WIDTHS = (8, 12, 16, 24, 32, 48, 64)
-"""Evaluation's padded widths in token positions (start, words, end): one compile each, and a
-caption is padded to at most about 1.5 times its length."""
 
 
 def make_eval_step(model: MRNN) -> Callable:

@@ -153,6 +153,11 @@ class CaptionTable:
             del self._orders[key]
 
 
+EVAL_WIDTHS = (8, 12, 16, 24, 32, 48, 64)
+"""Evaluation's and retrieval's padded widths in token positions (start, words, end): one
+compile each, and a sentence is padded to at most about 1.5 times its length."""
+
+
 def bucket_widths(widths: tuple, full_width: int) -> np.ndarray:
     """The sorted padded widths in use: those of ``widths`` narrower than ``full_width`` (the
     table's width), and ``full_width`` itself, which holds every caption."""
