@@ -102,4 +102,4 @@ class TorchTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
         self.optimizer.step()
-        return float(loss)
+        return loss.item()

@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 from mrnn_jax import checkpoint, configs, distributed, evaluate, files, metrics, sharding
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
-from mrnn_jax.data.pipeline import CaptionTable, batch_indices, data_state, train_batch
+from mrnn_jax.data.pipeline import (
+    CaptionTable,
+    batch_indices,
+    batch_width,
+    data_state,
+    train_batch,
+)
 from mrnn_jax.early_stopping import BestSoFar
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
@@ -178,13 +184,13 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
 
 def jit_device_data_step(train_step: Callable, mesh) -> Callable:
     """``train_step`` fed from a training set held on the devices: ``step(state, data,
-    indices, width)`` gathers the batch (``data["inputs"][indices["images"]]``,
-    ``data["tokens"][indices["rows"], :width]``) on device, so the host only sends the
-    batch's row numbers."""
+    indices, width=None)`` gathers the batch (``data["inputs"][indices["images"]]``,
+    ``data["tokens"][indices["rows"], :width]``, all positions without ``width``) on device,
+    so the host only sends the batch's row numbers."""
     replicated, split = sharding.replicated(mesh), sharding.data_sharding(mesh)
 
     def device_step(
-        state: TrainState, data: dict, indices: dict, width: int
+        state: TrainState, data: dict, indices: dict, width: int | None = None
     ) -> tuple[TrainState, dict]:
         batch = {
             "image": data["inputs"][indices["images"]],
@@ -432,7 +438,9 @@ def _train_and_evaluate(
             indices = batch_indices(
                 train_table, step, tc.batch_size, tc.seed, tc.captions_per_image, widths=widths
             )
-            width = indices.pop("width")
+            width = batch_width(
+                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image, widths
+            )
             state, step_metrics = train_step(
                 state, device_data, sharding.shard_batch(indices, mesh), width
             )

@@ -212,8 +212,8 @@ def train_batch(
     indices = batch_indices(
         table, step, batch_size, seed, captions_per_image, process_index, process_count, widths
     )
-    tokens = table.tokens[indices["rows"], : indices["width"]]
-    return {"image": inputs[indices["images"]], "tokens": tokens}
+    width = batch_width(table, step, batch_size, seed, captions_per_image, widths)
+    return {"image": inputs[indices["images"]], "tokens": table.tokens[indices["rows"], :width]}
 
 
 def batch_indices(
@@ -225,10 +225,10 @@ def batch_indices(
     process_index: int = 0,
     process_count: int = 1,
     widths: tuple = (),
-) -> dict:
-    """Which rows make :func:`train_batch`: ``images [B/K]`` (input rows), ``rows [B]``
-    (caption-table rows), for gathering the batch where the data lies (e.g. on device), and
-    ``width``, the token positions the batch is padded to (an int)."""
+) -> dict[str, np.ndarray]:
+    """Which rows make :func:`train_batch`: ``images [B/K]`` (input rows) and ``rows [B]``
+    (caption-table rows); for gathering the batch where the data lies (e.g. on device).
+    Its width is :func:`batch_width`."""
     per_batch = images_per_batch(batch_size, captions_per_image)
     per_epoch = batches_per_epoch(table, batch_size, captions_per_image)
     if per_epoch == 0:
@@ -238,16 +238,32 @@ def batch_indices(
     epoch, position = divmod(step, per_epoch)
     order = table.epoch_order(seed, epoch)
     local = per_batch // process_count
-    width = table.tokens.shape[1]
     if widths:
         bucketed = table.bucketed_epoch(seed, epoch, per_batch, captions_per_image, tuple(widths))
         images = bucketed.images[position, process_index * local : (process_index + 1) * local]
-        width = int(bucketed.width[position])
     else:
         start = position * per_batch + process_index * local
         images = order.images[start : start + local]
     rows = caption_rows(table, order, images, captions_per_image).reshape(-1)
-    return {"images": images.astype(np.int32), "rows": rows.astype(np.int32), "width": width}
+    return {"images": images.astype(np.int32), "rows": rows.astype(np.int32)}
+
+
+def batch_width(
+    table: CaptionTable,
+    step: int,
+    batch_size: int,
+    seed: int,
+    captions_per_image: int = 1,
+    widths: tuple = (),
+) -> int:
+    """Token positions the training batch of ``step`` is padded to: its length bucket's
+    width under ``widths`` (see :meth:`CaptionTable.bucketed_epoch`), else the table's."""
+    if not widths:
+        return int(table.tokens.shape[1])
+    per_batch = images_per_batch(batch_size, captions_per_image)
+    epoch, position = divmod(step, batches_per_epoch(table, batch_size, captions_per_image))
+    bucketed = table.bucketed_epoch(seed, epoch, per_batch, captions_per_image, tuple(widths))
+    return int(bucketed.width[position])
 
 
 def data_state(
