@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RETRIEVAL = r"""
 import json, sys, time
 import jax, numpy as np
+import mrnn_jax
 from mrnn_jax import configs, retrieval
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable
@@ -58,11 +59,12 @@ print(json.dumps({"pairs_per_second": sentences * images / seconds, "seconds": s
 
 
 def run(repo: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """``python ARGS`` with ``repo`` first on the import path."""
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(repo), JAX_PLATFORMS="cpu")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    """``python ARGS`` in ``repo`` (``-m`` and ``-c`` import from the working directory
+    first) with ``repo`` on the import path."""
+    repo = os.path.abspath(repo)
+    env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, **kwargs
+        [sys.executable, *args], env=env, capture_output=True, text=True, cwd=repo, **kwargs
     )
     if result.returncode:
         raise SystemExit(f"{repo}: {' '.join(args[:3])} failed:\n{result.stderr[-3000:]}")
@@ -123,7 +125,8 @@ def main() -> None:
     results = {}
     for repo in args.repo:
         timing = time_training(repo, args.data, args.steps, args.log_every)
-        out = run(repo, ["-c", RETRIEVAL, args.data, str(args.sentences), str(args.images)])
+        code = RETRIEVAL + f"\nassert mrnn_jax.__file__.startswith({os.path.abspath(repo)!r})"
+        out = run(repo, ["-c", code, args.data, str(args.sentences), str(args.images)])
         timing.update(json.loads(out.stdout.strip().splitlines()[-1]))
         patience = timing["patience"]
         stop = args.num_steps

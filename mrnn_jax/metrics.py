@@ -55,7 +55,9 @@ _token_nll.defvjp(_token_nll_forward, _token_nll_backward)
 
 def masked_nll_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Sum of the per-word NLL (nats) over real words, and their count."""
-    nll = token_nll(logits, targets) * mask
+    # Over one [N, V] matrix: the logits' gradient then has one layout for all its uses.
+    vocab = logits.shape[-1]
+    nll = token_nll(logits.reshape(-1, vocab), targets.reshape(-1)) * mask.reshape(-1)
     return {"nll_sum": nll.sum(), "num_tokens": mask.sum()}
 
 
