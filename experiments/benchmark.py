@@ -15,6 +15,7 @@ multimodal 512), a 10,000-word vocabulary, 4096-d image features, random weights
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -95,10 +96,14 @@ def matmul_peak(dtype, runs: int, size: int = 2048) -> float:
 # --- the parts -----------------------------------------------------------------------------
 
 
-def paper_model(vocab_size: int, feature_dim: int, dtype: str) -> tuple[MRNN, dict, Callable]:
+def paper_model(
+    vocab_size: int, feature_dim: int, dtype: str, dropout_rate: float = 0.0
+) -> tuple[MRNN, dict, Callable]:
     """The paper-sized m-RNN with random weights, and a maker of random image features."""
     model = make_model(
-        {"compute_dtype": dtype}, {"name": "features", "features_dim": feature_dim}, vocab_size
+        {"compute_dtype": dtype, "dropout_rate": dropout_rate},
+        {"name": "features", "features_dim": feature_dim},
+        vocab_size,
     )
     features = lambda n: np.random.default_rng(0).standard_normal((n, feature_dim), np.float32)
     params = model.init(jax.random.PRNGKey(0), features(1), np.zeros((1, 2), np.int32))
@@ -113,16 +118,94 @@ def sentences(count: int, words: int, vocab_size: int) -> np.ndarray:
     return tokens
 
 
+SETTINGS = {
+    # Real Flickr8K: 2,539 words at 5 occurrences, 1,280-d features (e.g. EfficientNet-B0
+    # pooled), batch 128, caption lengths drawn like Flickr8K's, in the default config's
+    # length buckets.
+    "real-data": {"vocab_size": 2539, "feature_dim": 1280, "batch_size": 128, "words": None},
+    # The paper: 10,000 words, 4,096-d fc7 features, batch 256, every caption 20 words.
+    "paper": {"vocab_size": 10_000, "feature_dim": 4096, "batch_size": 256, "words": 20},
+}
+
+
+def training_batches(setting: dict, count: int, max_words: int = 20) -> list[dict]:
+    """``count`` training batches of a setting, made by the library's input pipeline."""
+    from flickr8k_shaped import caption_lengths
+
+    from mrnn_jax.configs import default
+    from mrnn_jax.data.pipeline import CaptionTable, train_batch
+
+    rng = np.random.default_rng(0)
+    size, vocab_size = setting["batch_size"], setting["vocab_size"]
+    captions = size * count
+    if setting["words"] is None:
+        lengths = np.minimum(caption_lengths(captions, rng), max_words)
+        widths = tuple(w + 2 for w in default.get_config().train.length_buckets)
+    else:
+        lengths, widths = np.full(captions, setting["words"]), ()
+    tokens = np.zeros((captions, max_words + 2), np.int32)
+    for row, n in enumerate(lengths):
+        tokens[row, 0], tokens[row, n + 1] = START_ID, END_ID
+        tokens[row, 1 : n + 1] = rng.integers(UNK_ID + 1, vocab_size, n)
+    table = CaptionTable(np.arange(captions, dtype=np.int32), tokens, np.ones(captions, np.int64))
+    features = rng.standard_normal((captions, setting["feature_dim"]), np.float32)
+    return [train_batch(table, features, step, size, 0, widths=widths) for step in range(count)]
+
+
 def bench_train(args) -> list[dict]:
-    """Training steps: tokens per second (every caption has --words words + the end token),
-    for each --batch-size."""
-    return [row for size in args.batch_size for row in bench_train_batch(args, size)]
+    """Training steps at each setting of --settings, beside the PyTorch eager reference.
+
+    Both run the same batches (``--train-batches`` of them per timed run): the JAX step padded
+    to its length bucket (one compile per width), PyTorch cut to each batch's own longest
+    caption. The two alternate run by run, so that both see the same machine load.
+    """
+    from torch_mrnn import TorchTrainer
+
+    rows = []
+    plans = [(name, size) for name in args.settings for size in args.batch_size or [None]]
+    for name, size in plans:
+        setting = dict(SETTINGS[name])
+        if args.quick:
+            setting.update(vocab_size=1000, feature_dim=256, batch_size=32)
+        if size:
+            setting["batch_size"] = size
+        batches = training_batches(setting, args.train_batches)
+        words = sum(int(np.sum(b["tokens"] != 0)) - len(b["tokens"]) for b in batches)
+        positions = sum(b["tokens"].size - len(b["tokens"]) for b in batches)
+        # PyTorch pads each batch to its own longest caption.
+        torch_positions = sum(
+            len(b["tokens"]) * (int(np.sum(b["tokens"] != 0, axis=1).max()) - 1) for b in batches
+        )
+        run_jax, flops = jax_training(setting, batches, args.dtype)
+        torch_trainer = TorchTrainer(setting["vocab_size"], setting["feature_dim"])
+        seconds = interleaved_medians(
+            {"jax": run_jax, "torch": functools.partial(torch_run, torch_trainer, batches)},
+            args.runs,
+        )
+        label = (
+            f"{name}: vocabulary {setting['vocab_size']:,}, {setting['feature_dim']:,}-d, "
+            f"batch {setting['batch_size']}, {args.dtype}"
+        )
+        reference = words / seconds["torch"]
+        for who, title in (("jax", "train step"), ("torch", "train step, PyTorch eager")):
+            rate = words / seconds[who]
+            result = row(title, label, rate, "words/s", flops / seconds["jax"])
+            result["padded_rate"] = (positions if who == "jax" else torch_positions) / seconds[who]
+            result["ratio"] = rate / reference
+            if who == "torch":
+                result["flops"] = None
+            rows.append(result)
+    return rows
 
 
-def bench_train_batch(args, batch_size: int) -> list[dict]:
-    """Training steps of ``batch_size`` captions."""
-    model, params, features = paper_model(args.vocab_size, args.feature_dim, args.dtype)
-    del params
+def torch_run(trainer, batches: list[dict]) -> float:
+    """The PyTorch reference's steps over ``batches``; the last loss."""
+    return [trainer.step(batch) for batch in batches][-1]
+
+
+def jax_training(setting: dict, batches: list[dict], dtype: str) -> tuple[Callable, float]:
+    """A run over ``batches`` with the library's jitted train step, and its matrix FLOPs."""
+    model, _, _ = paper_model(setting["vocab_size"], setting["feature_dim"], dtype, 0.5)
     mesh = sharding.make_mesh()
     config = ConfigDict(
         {
@@ -134,41 +217,48 @@ def bench_train_batch(args, batch_size: int) -> list[dict]:
         }
     )
     tx = make_optimizer(config)
-    batch = {
-        "image": features(batch_size),
-        "tokens": sentences(batch_size, args.words, args.vocab_size),
-    }
-    state = init_state(model, tx, 0, batch["image"][:1], batch["tokens"][:1, :-1])
+    first = batches[0]
+    state = init_state(model, tx, 0, first["image"][:1], first["tokens"][:1, :-1])
     step = make_train_step(model, tx, 1e-6)
-    flops = flops_of(step, state, batch)
-    state = sharding.replicate(state, mesh)
+    flops = sum(flops_of(step, state, b) for b in batches)
+    holder = [sharding.replicate(state, mesh)]
     jitted = jit_train_step(step, mesh)
-    placed = sharding.shard_batch(batch, mesh)
-    holder = [state]
+    placed = [sharding.shard_batch(b, mesh) for b in batches]
 
     def run():
-        holder[0], metrics = jitted(holder[0], placed)
+        for batch in placed:
+            holder[0], metrics = jitted(holder[0], batch)
         return metrics["loss"]
 
-    seconds = median_seconds(run, args.runs)
-    tokens = batch_size * (args.words + 1)
-    return [
-        row(
-            "train step",
-            f"batch {batch_size} ({tokens:,} words), {args.dtype}",
-            tokens / seconds,
-            "tokens/s",
-            flops / seconds,
-        )
-    ]
+    return run, flops
+
+
+def interleaved_medians(runs: dict[str, Callable[[], object]], count: int) -> dict[str, float]:
+    """Median wall time of each of ``runs`` over ``count`` rounds, after a warm-up round;
+    each round times every run once, one after the other."""
+    times = {name: [] for name in runs}
+    for round_ in range(count + 1):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def bench_decode(args) -> list[dict]:
-    """Greedy and beam decoding: captions per second (all --words + 1 steps counted)."""
+    """Greedy and beam decoding: captions per second (all --words + 1 steps counted), beside
+    the reference: a batch-1 beam search in a Python loop around a jitted step of the same
+    model (``bench_decode.python_loop_beam``, the authors' TF-mRNN way), timed alternately."""
+    from bench_decode import python_loop_beam
+
     model, params, features = paper_model(args.vocab_size, args.feature_dim, args.dtype)
     rows = []
     images = jnp.asarray(features(args.decode_batch))
     steps = args.words + 1
+    one = np.asarray(images[0])
+    loop = lambda: python_loop_beam(model, params, one, args.beam, args.words)  # noqa: E731
+    reference = median_seconds(loop, args.runs)
     for name, beams in (("greedy", 1), (f"beam {args.beam}", args.beam)):
         rows_per_step = args.decode_batch * beams
         projection = model.apply(params, images[:1], method=MRNN.project_image)
@@ -190,6 +280,17 @@ def bench_decode(args) -> list[dict]:
                 (per_step * steps + image_flops) / seconds,
             )
         )
+        rows[-1]["ratio"] = args.decode_batch / seconds * reference
+    rows.append(
+        row(
+            f"beam {args.beam} decoding, Python loop",
+            f"batch 1, {args.words} words, {args.dtype}",
+            1 / reference,
+            "captions/s",
+            None,
+        )
+    )
+    rows[-1]["ratio"] = 1.0
     return rows
 
 
@@ -246,9 +347,25 @@ def bench_encoders(args) -> list[dict]:
     return rows
 
 
-def row(name: str, setting: str, rate: float, unit: str, flop_rate: float) -> dict:
+def row(name: str, setting: str, rate: float, unit: str, flop_rate: float | None) -> dict:
     """One result line."""
     return {"name": name, "setting": setting, "rate": rate, "unit": unit, "flops": flop_rate}
+
+
+def _cells(result: dict, sep: str, table: bool = False) -> str:
+    """A result's optional figures (padded rate, ratio, FLOP rate, share of peak) as text:
+    every one in table cells, the known ones in a printed line."""
+    padded, ratio = result.get("padded_rate"), result.get("ratio")
+    flops, share = result["flops"], result.get("share_of_peak")
+    cells = [
+        ("padded", None if padded is None else f"{padded:,.0f} positions/s"),
+        ("ratio", None if ratio is None else f"{ratio:.2f}x"),
+        ("flops", None if flops is None else f"{flops / 1e9:.1f} GFLOP/s"),
+        ("share", None if share is None else f"{100 * share:.0f}% of peak"),
+    ]
+    if table:
+        return sep + sep.join("" if text is None else text.split(" ")[0] for _, text in cells)
+    return "".join(sep + text for _, text in cells if text is not None)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -270,14 +387,23 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=10_000)
     parser.add_argument("--feature-dim", type=int, default=4096)
     parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=tuple(SETTINGS),
+        default=list(SETTINGS),
+        help="training sizes: real-data (Flickr8K) and paper",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         nargs="+",
-        default=[256],
-        help="training captions per step; several values sweep (a GPU's MFU by batch size)",
+        default=None,
+        help="training captions per step instead of the settings' own; several values sweep "
+        "(a GPU's MFU by batch size)",
     )
-    parser.add_argument("--words", type=int, default=20, help="words per caption")
-    parser.add_argument("--decode-batch", type=int, default=64, help="images per decode batch")
+    parser.add_argument("--train-batches", type=int, default=4, help="training steps per timed run")
+    parser.add_argument("--words", type=int, default=20, help="words per caption (decoding)")
+    parser.add_argument("--decode-batch", type=int, default=256, help="images per decode batch")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--retrieval-size", type=int, default=128, help="sentences = images")
     parser.add_argument("--encoder-batch", type=int, default=8)
@@ -286,7 +412,7 @@ def main() -> None:
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.batch_size, args.decode_batch = 2, [32], 8
+        args.runs, args.train_batches, args.decode_batch = 2, 2, 8
         args.retrieval_size, args.encoder_batch, args.vocab_size = 32, 1, 1000
 
     device = jax.devices()[0]
@@ -303,12 +429,12 @@ def main() -> None:
     for part in args.only:
         for result in benches[part](args):
             peak = peaks["bfloat16" if "bfloat16" in result["setting"] else "float32"]
-            result["share_of_peak"] = result["flops"] / peak
+            flops = result["flops"]
+            result["share_of_peak"] = None if flops is None else flops / peak
             rows.append(result)
             print(
-                f"{result['name']}: {result['rate']:,.1f} {result['unit']}, "
-                f"{result['flops'] / 1e9:.1f} GFLOP/s, {100 * result['share_of_peak']:.0f}% "
-                "of peak",
+                f"{result['name']} ({result['setting']}): {result['rate']:,.1f} "
+                f"{result['unit']}{_cells(result, ', ')}",
                 flush=True,
             )
     machine = (
@@ -320,11 +446,16 @@ def main() -> None:
         "matrix-multiply peak (jitted 2048x2048): "
         + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()),
         "",
-        "| benchmark | setting | speed | GFLOP/s (matrix products) | share of peak |",
-        "|---|---|---|---|---|",
+        "Training speed counts real words (the end token included, padding not); "
+        "x reference: the speed over the reference's (PyTorch eager for training, measured "
+        "alternately in this run; the batch-1 Python-loop beam search for decoding).",
+        "",
+        "| benchmark | setting | speed | padded positions/s | x reference | "
+        "GFLOP/s (matrix products) | share of peak |",
+        "|---|---|---|---|---|---|---|",
         *(
-            f"| {r['name']} | {r['setting']} | {r['rate']:,.1f} {r['unit']} | "
-            f"{r['flops'] / 1e9:.1f} | {100 * r['share_of_peak']:.0f}% |"
+            f"| {r['name']} | {r['setting']} | {r['rate']:,.1f} {r['unit']}"
+            f"{_cells(r, ' | ', table=True)} |"
             for r in rows
         ),
     ]

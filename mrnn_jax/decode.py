@@ -255,11 +255,16 @@ def beam_search(
         )
         previous = jnp.where(t == 0, START_ID, last).reshape(-1)
         log_probs, carry = step_fn(state.carry, previous)
-        vocab = log_probs.shape[-1]
-        log_probs = jnp.maximum(word_choices(log_probs, banned), NEG_INF).reshape(batch, k, vocab)
-        candidates = (state.live_log_prob[:, :, None] + log_probs).reshape(batch, k * vocab)
+        log_probs = jnp.maximum(word_choices(log_probs, banned), NEG_INF)
+        # The best 2K extensions of all K beams are among each beam's own best 2K words:
+        # choose those first (rows of V), then among the K x 2K (never a row of K x V).
+        per_beam = min(2 * k, log_probs.shape[-1])
+        word_log_prob, word = jax.lax.top_k(log_probs, per_beam)  # [B * K, per_beam]
+        candidates = state.live_log_prob.reshape(-1, 1) + word_log_prob
+        candidates = candidates.reshape(batch, k * per_beam)
         top_log_prob, top_index = jax.lax.top_k(candidates, 2 * k)
-        parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+        parent = top_index // per_beam
+        token = jnp.take_along_axis(word.reshape(batch, k * per_beam), top_index, axis=1)
         valid = is_real(top_log_prob)
         # As in plain beam search, a hypothesis ends only if it ranks among the best K
         # candidates (so beam 1 is greedy); the best K that continue stay live.

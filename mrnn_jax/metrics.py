@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from mrnn_jax.vocab import PAD_ID
 
@@ -23,13 +22,42 @@ def shift_tokens(tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Negative log-likelihood in nats of each target word: ``[..., V], [...] -> [...]``."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    """Negative log-likelihood in nats of each target word: ``[..., V], [...] -> [...]``.
+
+    log-sum-exp(logits) minus the target's logit. Its gradient, softmax minus one-hot, is
+    written out (:func:`_token_nll_backward`) so that the backward pass reads the logits
+    once and writes their gradient once; left to autodiff, the log-softmax, its gradient
+    and the scatter of the one-hot each make a pass over ``[..., V]``.
+    """
+    return _token_nll(logits.astype(jnp.float32), targets)
+
+
+@jax.custom_vjp
+def _token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return _token_nll_forward(logits, targets)[0]
+
+
+def _token_nll_forward(logits: jax.Array, targets: jax.Array):
+    log_norm = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return log_norm - target_logit, (logits, log_norm, targets)
+
+
+def _token_nll_backward(residuals, grad: jax.Array):
+    logits, log_norm, targets = residuals
+    one_hot = targets[..., None] == jnp.arange(logits.shape[-1], dtype=targets.dtype)
+    softmax = jnp.exp(logits - log_norm[..., None])
+    return (softmax - one_hot) * grad[..., None], None
+
+
+_token_nll.defvjp(_token_nll_forward, _token_nll_backward)
 
 
 def masked_nll_sums(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Sum of the per-word NLL (nats) over real words, and their count."""
-    nll = token_nll(logits, targets) * mask
+    # Over one [N, V] matrix: the logits' gradient then has one layout for all its uses.
+    vocab = logits.shape[-1]
+    nll = token_nll(logits.reshape(-1, vocab), targets.reshape(-1)) * mask.reshape(-1)
     return {"nll_sum": nll.sum(), "num_tokens": mask.sum()}
 
 

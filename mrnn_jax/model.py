@@ -199,7 +199,10 @@ class MRNN(nn.Module):
         """Logits from :meth:`multimodal_words`' output and V_I I (broadcasting)."""
         m = activation(self.multimodal_activation)(words_part + image_projection)
         m = self.dropout(m, deterministic=not train)
-        return self.softmax(m)
+        # One [N, M] x [M, V] product over every position: a 2-D product's gradient needs
+        # no transposed copy of the [N, V] logits' gradient (XLA makes one for [B, T, V]).
+        logits = self.softmax(m.reshape(-1, m.shape[-1]))
+        return logits.reshape(*m.shape[:-1], self.vocab_size)
 
     def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False) -> jax.Array:
         """Logits ``[B, T, vocab_size]`` for the word after each of ``tokens [B, T]``.

@@ -24,7 +24,9 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mrnn_jax import metrics, sharding
+from mrnn_jax.data.pipeline import EVAL_WIDTHS, bucket_widths
 from mrnn_jax.model import MRNN
+from mrnn_jax.vocab import PAD_ID
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -62,6 +64,7 @@ def score_matrix(
     image_tile: int = 32,
     progress: bool = False,
     mesh: Mesh | None = None,
+    widths: tuple | None = None,
 ) -> np.ndarray:
     """log P(S | I) in nats for every encoded sentence ``tokens [S, T+1]`` and image input.
 
@@ -69,6 +72,12 @@ def score_matrix(
     training loss uses (end token included). Peak memory grows with ``sentence_tile x
     image_tile x T x vocabulary``, not with S or I. With a ``mesh``, each tile's images are
     split over its devices (``image_tile`` is rounded up to a multiple of their number).
+
+    Sentences are scored shortest first, each tile of them cut to the narrowest of the
+    length bucket ``widths`` (token positions; default
+    :data:`~mrnn_jax.data.pipeline.EVAL_WIDTHS`) that holds its longest: the same scores
+    to float rounding, without the work of padding every sentence to the split's longest.
+    ``()`` scores them in order at the full width.
     """
     num_sentences, num_images = len(tokens), len(image_inputs)
     split = replicate = lambda x: x  # noqa: E731 (one device: arrays stay where they are)
@@ -94,22 +103,28 @@ def score_matrix(
         for i in range(0, num_images, image_tile)
     ]
     bar = tqdm(total=len(tiles), desc="score", unit="tile", disable=not progress)
+    widths = EVAL_WIDTHS if widths is None else widths
+    lengths = np.count_nonzero(np.asarray(tokens) != PAD_ID, axis=1)
+    order = np.argsort(lengths, kind="stable") if widths else np.arange(num_sentences)
+    bounds = bucket_widths(widths, tokens.shape[1])
     for s in range(0, num_sentences, sentence_tile):
-        count = min(sentence_tile, num_sentences - s)
+        rows = order[s : s + sentence_tile]
+        count = len(rows)
+        width = int(bounds[np.searchsorted(bounds, lengths[rows].max())])
         words_part, targets, mask = _sentence_part(
-            model, params, replicate(_pad(tokens[s : s + count], sentence_tile))
+            model, params, replicate(_pad(np.asarray(tokens)[rows, :width], sentence_tile))
         )
         for i in range(0, num_images, image_tile):
-            width = min(image_tile, num_images - i)
+            columns = min(image_tile, num_images - i)
             tile = _tile_scores(
                 model,
                 params,
                 words_part,
                 targets,
                 mask,
-                split(_pad(projections[i : i + width], image_tile)),
+                split(_pad(projections[i : i + columns], image_tile)),
             )
-            scores[s : s + count, i : i + width] = sharding.to_host(tile)[:count, :width]
+            scores[rows, i : i + columns] = sharding.to_host(tile)[:count, :columns]
             bar.update(1)
     bar.close()
     return scores

@@ -44,11 +44,13 @@ from mrnn_jax.data.image_files import ImageFiles
 from mrnn_jax.data.pipeline import (
     CaptionTable,
     batch_indices,
+    batch_width,
     batches_per_epoch,
     data_state,
     images_per_batch,
     train_batch,
 )
+from mrnn_jax.early_stopping import BestSoFar
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN, make_model
@@ -212,14 +214,17 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
 
 def jit_device_data_step(train_step: Callable, mesh) -> Callable:
     """``train_step`` fed from a training set held on the devices: ``step(state, data,
-    indices)`` gathers the batch (``data["inputs"][indices["images"]]``, ``data["tokens"]
-    [indices["rows"]]``) on device, so the host only sends the batch's row numbers."""
+    indices, width=None)`` gathers the batch (``data["inputs"][indices["images"]]``,
+    ``data["tokens"][indices["rows"], :width]``, all positions without ``width``) on device,
+    so the host only sends the batch's row numbers."""
     replicated, split = sharding.replicated(mesh), sharding.data_sharding(mesh)
 
-    def device_step(state: TrainState, data: dict, indices: dict) -> tuple[TrainState, dict]:
+    def device_step(
+        state: TrainState, data: dict, indices: dict, width: int | None = None
+    ) -> tuple[TrainState, dict]:
         batch = {
             "image": data["inputs"][indices["images"]],
-            "tokens": data["tokens"][indices["rows"]],
+            "tokens": data["tokens"][indices["rows"], :width],
         }
         return train_step(state, jax.lax.with_sharding_constraint(batch, split))
 
@@ -227,8 +232,15 @@ def jit_device_data_step(train_step: Callable, mesh) -> Callable:
         device_step,
         in_shardings=(replicated, replicated, split),
         out_shardings=(replicated, replicated),
+        static_argnums=(3,),
         donate_argnums=(0,),
     )
+
+
+def bucket_widths(config: ConfigDict) -> tuple[int, ...]:
+    """The length buckets' padded widths in token positions (``train.length_buckets`` are in
+    words; start and end tokens add two); empty without buckets."""
+    return tuple(int(words) + 2 for words in config.train.get("length_buckets", ()))
 
 
 # --- work directory ----------------------------------------------------------------------
@@ -429,7 +441,10 @@ def _train_and_evaluate(
 
     # Resume.
     vocab_json = vocab.to_json()
+    # The scalar that picks the best checkpoint (train.select_by) also stops the run after
+    # train.patience evaluations without improving it.
     best_value, best_scalars = selector.worst, {}
+    watch = BestSoFar.start(selector.mode, tc.get("patience", 0))
     if latest is not None:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
@@ -437,6 +452,7 @@ def _train_and_evaluate(
         params, extras, meta = ckpts.restore(latest, abstract.params, abstract.checkpoint_extras())
         state = TrainState(params=params, **extras)
         best_value, best_scalars = _resumed_best(meta, selector)
+        watch = _resumed_watch(watch, meta, selector, best_value, latest)
         log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
     resumed = meta if latest is not None else {}
     results_path = os.path.join(workdir, "results.json")
@@ -453,6 +469,7 @@ def _train_and_evaluate(
     # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
     l2_skip = ("image_encoder",) if pretrained else ()
     pure_step = make_train_step(model, tx, tc.l2_weight, l2_skip)
+    widths = bucket_widths(config)
     device_data = None
     if tc.get("device_data", False):
         if isinstance(train_inputs, ImageFiles):
@@ -482,13 +499,16 @@ def _train_and_evaluate(
         dynamic_ncols=True,
     )
     stop.defer(True)  # from here a first SIGINT / SIGTERM finishes the step, saves, stops
-    while step < tc.num_steps:
+    while step < tc.num_steps and not watch.should_stop:
         if device_data is not None:
             indices = batch_indices(
-                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image
+                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image, widths=widths
+            )
+            width = batch_width(
+                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image, widths
             )
             state, step_metrics = train_step(
-                state, device_data, sharding.shard_batch(indices, mesh)
+                state, device_data, sharding.shard_batch(indices, mesh), width
             )
         else:
             batch = train_batch(
@@ -500,6 +520,7 @@ def _train_and_evaluate(
                 tc.captions_per_image,
                 process_index=jax.process_index(),  # each process reads only its own part
                 process_count=jax.process_count(),
+                widths=widths,
             )
             state, step_metrics = train_step(state, sharding.shard_local_batch(batch, mesh))
         window.append(step_metrics)
@@ -536,9 +557,14 @@ def _train_and_evaluate(
                 bar.write(f"step {step}: " + _describe(scalars))
             if value is not None and not math.isfinite(value):
                 log.warning("step %d: %s is not finite", step, selector.metric)
-            elif selector.better(value, best_value) and not guard.in_a_row:  # (else unsaved)
-                best_value, best_scalars, is_best = value, scalars, True
-        save = step % tc.checkpoint_every == 0 or last or is_best or stopping
+            if value is not None:
+                # Parameters whose update was just skipped as non-finite are not saved, so
+                # they cannot be the best: that evaluation counts as no improvement.
+                watch = watch.observe(step, math.nan if guard.in_a_row else value)
+                if watch.improved:
+                    best_value, best_scalars, is_best = value, scalars, True
+        early_stop = watch.should_stop
+        save = step % tc.checkpoint_every == 0 or last or is_best or stopping or early_stop
         if save and guard.in_a_row:  # these parameters just gave a non-finite loss
             log.warning("step %d: no checkpoint (its update was skipped as non-finite)", step)
         elif save:
@@ -548,6 +574,7 @@ def _train_and_evaluate(
                 "selected_by": selector.metric,
                 "best_value": _json_number(best_value),
                 "best_scalars": best_scalars,
+                "best_so_far": watch.to_json(),
                 "data": data_summary,
                 # What a resumed run needs to write the same metrics.jsonl as an uninterrupted one.
                 "metrics_rows": metrics_log.rows,
@@ -568,6 +595,8 @@ def _train_and_evaluate(
                 + "; run the same command to resume",
             )
         window_start += time.time() - paused  # tokens per second count training time only
+        if early_stop:
+            _log_early_stop(bar if primary else None, watch, selector, step)
     stop.defer(False)  # nothing left to save: a signal stops the final evaluation at once
     bar.close()
 
@@ -581,6 +610,7 @@ def _train_and_evaluate(
         "selected_by": {**selector.describe(), "value": _json_number(best_value)},
         "best_scalars": best_scalars,
         "best_val_perplexity": best_scalars.get("val/perplexity"),
+        "stopped_early": watch.should_stop,
         "data": dataset.summary(),  # again: images found broken while training count too
         "splits": {},
     }
@@ -711,6 +741,30 @@ def _resumed_best(meta: dict, selector: Selector) -> tuple[float, dict]:
 def _json_number(value: float) -> float | None:
     """``value``, or None where JSON has no number for it (infinities, NaN)."""
     return value if math.isfinite(value) else None
+
+
+def _log_early_stop(bar: tqdm | None, watch: BestSoFar, selector: Selector, step: int) -> None:
+    """Says that the run stops early, and why."""
+    message = (
+        f"step {step}: no better {selector.metric} in {watch.stale} evaluations (best "
+        f"{watch.best:.4g} at step {watch.best_step}): stopping early (train.patience)"
+    )
+    log.info(message)
+    if bar is not None:
+        bar.write(message)
+
+
+def _resumed_watch(
+    watch: BestSoFar, meta: dict, selector: Selector, best_value: float, step: int
+) -> BestSoFar:
+    """The early-stopping watch of a resumed run: the checkpoint's, when it watched the same
+    scalar; else one that starts from the best value so far."""
+    saved = meta.get("best_so_far")
+    if saved is not None and meta.get("selected_by", "val/perplexity") == selector.metric:
+        return watch.resumed(saved)
+    if math.isfinite(best_value):
+        return watch.resumed({"best": best_value, "best_step": step, "stale": 0})
+    return watch
 
 
 def _abstract(tree: Any) -> Any:

@@ -54,5 +54,9 @@ def test_quick_run_prints_the_table(tmp_path):
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| train step | batch 32 (672 words), float32 |" in result.stdout
+    for setting in ("real-data", "paper"):  # each beside the PyTorch reference
+        label = f"| {setting}: vocabulary 1,000, 256-d, batch 32, float32 |"
+        assert f"| train step {label}" in result.stdout
+        assert f"| train step, PyTorch eager {label}" in result.stdout
+    assert "| 1.00x |" in result.stdout  # the reference's own row
     assert "share of peak" in result.stdout and os.path.isfile(out)

@@ -120,6 +120,23 @@ def test_token_nll_upcasts_low_precision_logits() -> None:
 
 
 # --- masking ------------------------------------------------------------------------------
+def test_token_nll_gradient_is_softmax_minus_one_hot_like_autodiff() -> None:
+    # The written-out backward pass against autodiff of the plain log-softmax, with a mask
+    # and a per-word weight as the training loss has them.
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(3, 5, VOCAB)) * 4, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, VOCAB, (3, 5)), jnp.int32)
+    weights = jnp.asarray(rng.uniform(size=(3, 5)) * (rng.uniform(size=(3, 5)) > 0.3))
+
+    def plain(x):
+        log_p = jax.nn.log_softmax(x)
+        return -jnp.sum(jnp.take_along_axis(log_p, targets[..., None], -1)[..., 0] * weights)
+
+    ours = jax.grad(lambda x: jnp.sum(token_nll(x, targets) * weights))(logits)
+    np.testing.assert_allclose(ours, jax.grad(plain)(logits), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.sum(-1), 0.0, atol=1e-5)  # softmax and one-hot sum to 1
+
+
 def test_masked_nll_sums_matches_numpy() -> None:
     rng = np.random.default_rng(2)
     _, targets, mask = shift_tokens(TOKENS)

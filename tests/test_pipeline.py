@@ -144,3 +144,83 @@ def test_batches_read_memory_mapped_feature_rows(tmp_path):
     np.testing.assert_array_equal(batch["image"], np.asarray(mapped)[rows[images]])
     np.testing.assert_array_equal(inputs[1:3], np.asarray(mapped)[[7, 5]])
     np.testing.assert_array_equal(inputs[2], np.asarray(mapped)[5])  # one row, not [1, D]
+
+
+def _varied_table(images: int = 40, max_words: int = 12) -> CaptionTable:
+    """Captions of 0 .. 11 words, 3 per image, lengths spread over the images."""
+    records = []
+    for i in range(images):
+        tokens = tuple(("w",) * ((i * 7 + j * 5) % 12) for j in range(3))
+        records.append(ImageRecord(f"im{i}", "train", tuple(" ".join(t) for t in tokens), tokens))
+    vocab = Vocabulary.build([t for r in records for t in r.tokens], min_count=1)
+    return CaptionTable.build(records, vocab, max_words)
+
+
+def test_bucketed_batches_hold_their_captions_and_an_epoch_visits_each_image_once():
+    table = _varied_table()
+    widths = (5, 8, 11)  # token positions; the table's own width, 14, is added
+    inputs = np.arange(40)
+    per_epoch = batches_per_epoch(table, 6, 2)
+    assert per_epoch == 40 // 3  # as many batches as without buckets
+    seen, used_widths = [], set()
+    for step in range(per_epoch):
+        plain = train_batch(table, inputs, step, 6, seed=2, captions_per_image=2)
+        batch = train_batch(table, inputs, step, 6, 2, 2, widths=widths)
+        width = batch["tokens"].shape[1]
+        used_widths.add(width)
+        lengths = np.count_nonzero(batch["tokens"] != PAD_ID, axis=1)
+        # The narrowest width that holds the batch's longest caption (so no word is cut).
+        assert width == min(w for w in (*widths, 14) if w >= lengths.max())
+        assert (batch["tokens"][:, 0] == START_ID).all()
+        assert (np.sum(batch["tokens"] == END_ID, axis=1) == 1).all()
+        assert plain["tokens"].shape[1] == 14
+        seen.extend(batch["image"].tolist())
+    assert len(seen) == len(set(seen)) == per_epoch * 3  # each image at most once
+    assert len(used_widths) > 1
+    # Each image brings the same captions as without buckets, in another batch.
+    order = table.epoch_order(2, 0)
+    for step in range(per_epoch):
+        batch = train_batch(table, inputs, step, 6, 2, 2, widths=widths)
+        for k, image in enumerate(batch["image"]):
+            first = order.first_caption[image]
+            rows = table.offsets[image] + (first + np.arange(2)) % table.counts[image]
+            np.testing.assert_array_equal(
+                batch["tokens"][2 * k : 2 * k + 2], table.tokens[rows, : batch["tokens"].shape[1]]
+            )
+
+
+def test_bucketed_order_is_a_pure_function_of_seed_and_epoch():
+    table = _varied_table()
+    fresh = CaptionTable(table.image_index, table.tokens, table.counts)
+    inputs = np.arange(40)
+    for step in (0, 5, 13, 30):  # across epochs, and back: no state carried between calls
+        a = train_batch(table, inputs, step, 6, 1, 2, widths=(5, 8))
+        b = train_batch(fresh, inputs, step, 6, 1, 2, widths=(5, 8))
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    epochs = [
+        [
+            tuple(train_batch(table, inputs, s, 6, seed, 2, widths=(5, 8))["image"])
+            for s in range(13)
+        ]
+        for seed in (1, 1, 2)
+    ]
+    assert epochs[0] == epochs[1] != epochs[2]
+
+
+def test_bucketed_eval_batches_cover_every_pair_once_at_narrow_widths():
+    table = _varied_table(images=10)
+    inputs = np.arange(10) * 10
+    batches = list(eval_batches(table, inputs, 4, widths=(5, 8)))
+    pairs = []
+    for batch in batches:
+        assert batch["tokens"].shape[1] in (5, 8, 14)
+        for row, image in zip(batch["tokens"], batch["image"], strict=True):
+            if (row != PAD_ID).any():
+                pairs.append((tuple(row[row != PAD_ID]), int(image)))
+    expected = [
+        (tuple(row[row != PAD_ID]), int(inputs[i]))
+        for row, i in zip(table.tokens, table.image_index, strict=True)
+    ]
+    assert sorted(pairs) == sorted(expected)
+    assert max(b["tokens"].shape[1] for b in batches[:2]) < 14  # short captions first

@@ -60,6 +60,27 @@ def test_tile_sizes_do_not_change_scores():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_length_sorted_buckets_give_the_padded_scores_and_identical_metrics():
+    rng = np.random.default_rng(2)
+    model, params = _model_and_params()
+    tokens = _tokens(rng, 40, 20, 13)  # 0 to 20 words: widths 8, 12, 16 and the full 22
+    images = rng.normal(size=(8, 6)).astype(np.float32)
+    image_of_sentence = np.arange(40) % 8
+    padded = retrieval.score_matrix(model, params, tokens, images, widths=())
+    bucketed = retrieval.score_matrix(model, params, tokens, images)  # the default
+    narrow = retrieval.score_matrix(model, params, tokens, images, sentence_tile=5, widths=(4,))
+    for scores in (bucketed, narrow):
+        np.testing.assert_allclose(scores, padded, rtol=1e-6, atol=1e-5)
+        assert retrieval.retrieval_metrics(
+            scores, image_of_sentence
+        ) == retrieval.retrieval_metrics(padded, image_of_sentence)
+    assert not np.array_equal(np.argsort(_lengths(tokens)), np.arange(40))  # order matters
+
+
+def _lengths(tokens: np.ndarray) -> np.ndarray:
+    return np.count_nonzero(tokens, axis=1)
+
+
 def test_first_correct_rank_by_hand_with_the_tie_rule():
     scores = np.array(
         [

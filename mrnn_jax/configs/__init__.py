@@ -195,7 +195,7 @@ def _merge(config: ConfigDict, data: dict) -> None:
 
 # Values that define the data a run sees, or its order: resuming under other values would not
 # continue the same run.
-DATA_KEYS = ("train.seed", "train.batch_size", "train.captions_per_image")
+DATA_KEYS = ("train.seed", "train.batch_size", "train.captions_per_image", "train.length_buckets")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:

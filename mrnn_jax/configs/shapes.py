@@ -38,6 +38,9 @@ def get_config() -> ConfigDict:
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
+    # A fixed schedule, no early stopping, no length buckets (the README's shapes results).
+    c.train.patience = 0
+    c.train.length_buckets = ()
 
     c.eval.batch_size = 250
     c.eval.splits = ("test", "novel")

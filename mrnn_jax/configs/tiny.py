@@ -25,6 +25,7 @@ def get_config() -> ConfigDict:
     c.train.log_every = 5
     c.train.eval_every = 10
     c.train.checkpoint_every = 5
+    c.train.length_buckets = (9, 12, 15)  # as the real datasets have them (the resume tests)
     c.eval.batch_size = 16
     c.eval.max_decode_words = 20
     c.eval.metrics = ("BLEU", "ROUGE_L", "CIDEr")  # no METEOR: its Java start-up is slow
