@@ -95,7 +95,7 @@ def caption(
         length_penalty=length_penalty,
         seed=seed,
         allow_unk=allow_unk,
-        **({} if max_words is None else {"max_words": max_words}),
+        max_words=max_words,
     )
     results = model.generate(model.image_inputs(images), options, batch_size=batch_size)
     return [[Caption(text, log_prob) for text, log_prob in row] for row in results]
@@ -356,7 +356,7 @@ def evaluate_captioning(
         length_penalty=length_penalty,
         seed=seed,
         allow_unk=allow_unk,
-        **({} if max_words is None else {"max_words": max_words}),
+        max_words=max_words,
     )
     setup = evaluate.prepare_split_evaluation(model, split, max_images, batch_size)
     reranker = None

@@ -98,8 +98,10 @@ class Captioner:
         )
 
     def options(self, **overrides) -> decode.DecodeOptions:
-        """Decoding options: greedy with the run's caption length, changed by ``overrides``."""
-        overrides.setdefault("max_words", self.config.eval.max_decode_words)
+        """Decoding options: greedy with the run's caption length, changed by ``overrides``
+        (``max_words=None`` also means the run's caption length)."""
+        if overrides.get("max_words") is None:
+            overrides["max_words"] = self.config.eval.max_decode_words
         return decode.DecodeOptions(**overrides)
 
     def generate(
@@ -144,7 +146,7 @@ class Captioner:
         self, image_inputs: np.ndarray, max_words: int | None = None
     ) -> list[tuple[str, float]]:
         """Greedy caption and its log-probability for each image input (pixels or features)."""
-        options = self.options() if max_words is None else self.options(max_words=max_words)
+        options = self.options(max_words=max_words)
         return [candidates[0] for candidates in self.generate(image_inputs, options)]
 
     def caption_files(
