@@ -90,13 +90,16 @@ def _all_finite(tree: Any) -> bool:
     )
 
 
+@jax.jit
+def _finite_flag(leaves: list) -> jax.Array:
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
+
+
 def _all_finite_on_device(tree: Any) -> bool:
-    flags = [
-        jnp.isfinite(x).all()
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(x.dtype, jnp.floating)
-    ]
-    return bool(np.asarray(jnp.stack(flags).all())) if flags else True
+    # One jitted program for the whole tree (compiled once per tree structure), not one small
+    # eager program per leaf: a ResNet-50's 161 leaves took seconds at every save.
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return bool(np.asarray(_finite_flag(leaves))) if leaves else True
 
 
 def verify_step(step_dir: str, items: Sequence[str]) -> dict:

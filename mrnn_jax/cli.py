@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mrnn_jax import compilation_cache
 from mrnn_jax.errors import MrnnError, WriteFailed
 from mrnn_jax.interrupt import Interrupted
 
@@ -605,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     _setup_logging()
+    compilation_cache.enable()  # MRNN_COMPILATION_CACHE=DIR: reuse compiled programs
     try:
         commands = {
             "train": _train,

@@ -8,11 +8,32 @@ import sys
 
 import pytest
 
+from mrnn_jax import compilation_cache
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Keras (the VGG-16 reference) runs on JAX in every test process, whichever test module
 # imports it first: TensorFlow is installed too (for the TFDS builders) and would be its
 # default backend.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# One persistent compilation cache for the whole suite: both pytest workers and every `mrnn`
+# process the tests start load the programs another one compiled (the tiny config's
+# programs are the same in dozens of tests). Tests that kill a process while it may be
+# writing an entry give it a cache of its own (`private_compilation_cache`).
+# XLA's CPU backend at optimisation level 0: the tests' programs are small and compiling them
+# is most of the suite's time; level 0 compiles them about a third faster and computes the
+# same functions (users' runs, the benchmarks and `make train` keep XLA's default level).
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
+).strip()
+SHARED_COMPILATION_CACHE = os.path.join(REPO, ".cache", "xla-tests")
+os.environ.setdefault("MRNN_COMPILATION_CACHE", SHARED_COMPILATION_CACHE)
+compilation_cache.enable()
+
+
+# Overrides for tests that run a real dataset's config but do not test METEOR: its Java
+# process takes about 10 s to start, once per evaluation (tests/test_caption_metrics.py and
+# one paper row run it for real).
+NO_METEOR = "eval.metrics=BLEU,ROUGE_L,CIDEr"
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -21,6 +42,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.setdefault("JAX_PLATFORMS", "cpu")
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    if "XLA_FLAGS" in extra:  # a test's own flags (device counts) join the suite's
+        extra = {**extra, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()}
     env.update(extra)
     return env
 
@@ -60,3 +83,16 @@ def tiny_run(tmp_path_factory) -> str:
     result = run_mrnn("train", "--config", "tiny", "--workdir", workdir, "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+@pytest.fixture
+def private_compilation_cache(tmp_path) -> dict[str, str]:
+    """A child-process environment whose compilation cache is a copy of the shared one: for
+    tests that kill a process that may be writing a cache entry (JAX writes entries in place,
+    and a torn one would make later tests warn)."""
+    import shutil
+
+    directory = str(tmp_path / "xla-cache")
+    if os.path.isdir(SHARED_COMPILATION_CACHE):
+        shutil.copytree(SHARED_COMPILATION_CACHE, directory, dirs_exist_ok=True)
+    return subprocess_env(MRNN_COMPILATION_CACHE=directory)

@@ -52,7 +52,11 @@ def test_caption_files_and_arrays_with_every_strategy(model, expected):
     log_probs = [c.log_prob for c in beams[0]]
     assert log_probs == sorted(log_probs, reverse=True) and log_probs[0] >= greedy[0].log_prob
     pixels = model.load_images([SAMPLE])
-    assert api.caption(model, pixels, strategy="beam", beam_size=4, num_return=3)[0] == beams[0]
+    alone = api.caption(model, pixels, strategy="beam", beam_size=4, num_return=3)[0]
+    # One image against two: other batch shapes, so the log-probabilities agree to float32
+    # rounding (XLA does not promise bit-equal sums across shapes), the texts exactly.
+    assert [c.text for c in alone] == [c.text for c in beams[0]]
+    assert [c.log_prob for c in alone] == pytest.approx(log_probs, rel=1e-5, abs=1e-5)
     drawn = api.caption(model, [SAMPLE], strategy="sample", num_return=2, seed=3)
     assert drawn == api.caption(model, [SAMPLE], strategy="sample", num_return=2, seed=3)
     short = api.caption(model, [SAMPLE], max_words=3)[0][0]
@@ -176,6 +180,6 @@ def test_the_command_line_only_parses_and_prints():
         "mrnn_jax.configs", "mrnn_jax.train", "mrnn_jax.distributed",
         "mrnn_jax.distributed.is_primary", "mrnn_jax.extract", "mrnn_jax.server",
         "mrnn_jax.limits.Limits", "mrnn_jax.interrupt.Interrupted",
-        "mrnn_jax.evaluate.PHRASE_ACCURACY",
+        "mrnn_jax.evaluate.PHRASE_ACCURACY", "mrnn_jax.compilation_cache",
     }  # fmt: skip
     assert imported <= allowed, sorted(imported - allowed)

@@ -107,10 +107,12 @@ extract.extract_features(config, names, paths, sys.argv[2], batch_size=2, progre
 """
 
 
-def _extract(weights: str, out: str, paths: list[str]) -> subprocess.Popen:
+def _extract(
+    weights: str, out: str, paths: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", RESUMABLE, weights, out, *paths],
-        env=subprocess_env(),
+        env=env or subprocess_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -118,17 +120,20 @@ def _extract(weights: str, out: str, paths: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_killed_extraction_resumes_to_the_uninterrupted_result(weights, tmp_path):
+def test_killed_extraction_resumes_to_the_uninterrupted_result(
+    weights, tmp_path, private_compilation_cache
+):
+    env = private_compilation_cache
     folder = tmp_path / "many"
     paths = []
     for i in range(40):  # 16 images a chunk (batch 2 x 8): three chunks
         paths.append(str(folder / f"{i:03d}.jpg"))
         fx.write_image(paths[-1], i, size=40)
     reference = str(tmp_path / "reference.npz")
-    assert _extract(weights, reference, paths).wait(timeout=600) == 0
+    assert _extract(weights, reference, paths, env).wait(timeout=600) == 0
 
     out = str(tmp_path / "resumed.npz")
-    process = _extract(weights, out, paths)
+    process = _extract(weights, out, paths, env)
     first_chunk = os.path.join(out + ".partial", "chunk_000000.npz")
     deadline = time.time() + 300
     while not os.path.isfile(first_chunk) and process.poll() is None:
@@ -140,7 +145,7 @@ def test_killed_extraction_resumes_to_the_uninterrupted_result(weights, tmp_path
     assert not os.path.exists(out)  # nothing half-written
     with open(os.path.join(out + ".partial", "job.json"), encoding="utf-8") as f:
         assert json.load(f)["batch_size"] == 2
-    assert _extract(weights, out, paths).wait(timeout=600) == 0
+    assert _extract(weights, out, paths, env).wait(timeout=600) == 0
     a, b = load_features(reference), load_features(out)
     assert a.names == b.names == [os.path.basename(p) for p in paths]
     np.testing.assert_array_equal(a.features, b.features)

@@ -15,14 +15,14 @@ from mrnn_jax.encoders.extractor import from_provenance
 from mrnn_jax.encoders.weights import TORCHVISION, load_encoder_weights, save_encoder_weights
 from mrnn_jax.errors import MrnnError
 from tests import dataset_fixtures as fx
-from tests.conftest import run_mrnn
+from tests.conftest import NO_METEOR, run_mrnn
 from tests.test_pretrained import random_weights
 
 TINY = [
     "--no-progress", "dataset.min_count=1", "encoder.features_dim=4096", "model.embed_dim=8",
     "model.word_dim=8", "model.multimodal_dim=16", "train.batch_size=2", "train.num_steps=6",
     "train.warmup_steps=1", "train.eval_every=3", "train.checkpoint_every=3",
-    "train.log_every=3", "eval.batch_size=4", "eval.max_decode_words=8",
+    "train.log_every=3", "eval.batch_size=4", "eval.max_decode_words=8", NO_METEOR,
 ]  # fmt: skip
 
 

@@ -78,13 +78,13 @@ def _rows(workdir: str) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in metrics_log.TIMING_KEYS} for r in rows]
 
 
-def _start(workdir: str, *extra: str) -> subprocess.Popen:
+def _start(workdir: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "mrnn_jax", *TRAIN_ARGS, "--workdir", workdir, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=subprocess_env(),
+        env=env or subprocess_env(),
         cwd=REPO,
     )
 
@@ -108,11 +108,16 @@ def _best_ahead_of_latest(workdir: str) -> bool:
 
 def _signal_when(process: subprocess.Popen, condition, signum: int, timeout: float = 180) -> bool:
     """Sends ``signum`` to ``process`` as soon as ``condition()`` holds; False if the process
-    ended first."""
+    ended first. The process is frozen (SIGSTOP) while the condition is confirmed and the signal
+    sent, so "the process had already finished" is told apart from "it ignored the signal"."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
+            process.send_signal(signal.SIGSTOP)
+            if process.poll() is not None:  # it ended before it could be frozen
+                return False
             process.send_signal(signum)
+            process.send_signal(signal.SIGCONT)
             return True
         if process.poll() is not None:
             return False
@@ -121,10 +126,13 @@ def _signal_when(process: subprocess.Popen, condition, signum: int, timeout: flo
     raise AssertionError("training made no progress")
 
 
-def _after_new_checkpoint(workdir: str, rng: random.Random):
-    """A condition: a checkpoint 5 or 10 steps past the newest one exists, plus 0-0.3 s."""
-    target = max(_saved_steps(workdir), default=0) + 5 * rng.randint(1, 2)
-    delay, reached = rng.uniform(0.0, 0.3), {}
+def _after_new_checkpoint(
+    workdir: str, rng: random.Random, most_ahead: int = 2, max_delay: float = 0.3
+):
+    """A condition: a checkpoint 5 to ``5 * most_ahead`` steps past the newest one exists, plus
+    0 to ``max_delay`` seconds."""
+    target = max(_saved_steps(workdir), default=0) + 5 * rng.randint(1, most_ahead)
+    delay, reached = rng.uniform(0.0, max_delay), {}
 
     def condition() -> bool:
         if max(_saved_steps(workdir), default=0) >= target:
@@ -146,9 +154,12 @@ def _one_line(stderr: str, prefix: str = "mrnn: error:") -> str:
 
 
 @pytest.mark.slow
-def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(tmp_path):
+def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(
+    tmp_path, private_compilation_cache
+):
+    env = private_compilation_cache
     reference = str(tmp_path / "reference")
-    result = run_mrnn(*TRAIN_ARGS, "--workdir", reference)
+    result = run_mrnn(*TRAIN_ARGS, "--workdir", reference, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
 
     workdir = str(tmp_path / "faulty")
@@ -158,7 +169,7 @@ def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(tm
     # checkpoint is being written (an orbax temporary folder exists), once between the best
     # checkpoint of a step and its latest checkpoint.
     for plan in ["random", "during_save", "between_best_and_latest", "random", "random"]:
-        process = _start(workdir)
+        process = _start(workdir, env=env)
         if plan == "during_save":
             condition = lambda: _saving_now(workdir)  # noqa: B023
         elif plan == "between_best_and_latest":
@@ -170,10 +181,12 @@ def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(tm
         process.communicate()
     assert len(kinds) == 5, kinds
 
-    # Then SIGINT and SIGTERM: each finishes its step, saves it and exits with one line.
+    # Then SIGINT and SIGTERM: each finishes its step, saves it and exits with one line. Each
+    # comes soon after the next checkpoint, so that both land well before the last step (60).
     for signum, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        process = _start(workdir)
-        assert _signal_when(process, _after_new_checkpoint(workdir, rng), signum)
+        process = _start(workdir, env=env)
+        soon = _after_new_checkpoint(workdir, rng, most_ahead=1, max_delay=0.05)
+        assert _signal_when(process, soon, signum), "the run ended before the signal"
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == status, stderr[-3000:]
         line = _one_line(stderr, "mrnn: stopped by")
@@ -182,7 +195,7 @@ def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(tm
         assert max(_saved_steps(workdir)) == step
         assert not _saving_now(workdir)
 
-    final = run_mrnn(*TRAIN_ARGS, "--workdir", workdir)
+    final = run_mrnn(*TRAIN_ARGS, "--workdir", workdir, env=env)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "resumed from" in final.stderr
     _assert_same_params(workdir, reference, "latest")

@@ -23,6 +23,7 @@ from mrnn_jax.encoders.weights import (
 )
 from mrnn_jax.errors import MrnnError
 from tests import dataset_fixtures as fx
+from tests.conftest import NO_METEOR
 
 
 def random_weights(path: str, arch: str = "resnet50", seed: int = 0) -> dict:
@@ -144,6 +145,7 @@ def _train(tmp_path, weights: str, *extra: str) -> tuple[str, dict]:
             "train.warmup_steps=1",
             "train.learning_rate=0.01",
             "eval.batch_size=4",
+            NO_METEOR,
             *extra,
         ],
     )

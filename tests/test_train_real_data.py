@@ -13,12 +13,12 @@ import pytest
 
 from mrnn_jax import checkpoint
 from tests import dataset_fixtures as fx
-from tests.conftest import REPO, run_mrnn, subprocess_env
+from tests.conftest import NO_METEOR, REPO, run_mrnn, subprocess_env
 
 TINY = (
     "--no-progress dataset.min_count=1 encoder.features_dim=8 model.embed_dim=8 "
     "model.word_dim=8 model.multimodal_dim=16 train.batch_size=2 train.num_steps=4 "
-    "train.eval_every=2 train.checkpoint_every=2 train.log_every=2 eval.batch_size=4"
+    "train.eval_every=2 train.checkpoint_every=2 train.log_every=2 eval.batch_size=4 " + NO_METEOR
 )
 
 
