@@ -9,22 +9,24 @@ import sys
 import pytest
 
 from mrnn_jax import compilation_cache
+from mrnn_jax.data import shapes
+from mrnn_jax.data.shapes import ShapesSplit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Keras (the VGG-16 reference) runs on JAX in every test process, whichever test module
 # imports it first: TensorFlow is installed too (for the TFDS builders) and would be its
 # default backend.
 os.environ.setdefault("KERAS_BACKEND", "jax")
-# One persistent compilation cache for the whole suite: both pytest workers and every `mrnn`
-# process the tests start load the programs another one compiled (the tiny config's
-# programs are the same in dozens of tests). Tests that kill a process while it may be
-# writing an entry give it a cache of its own (`private_compilation_cache`).
 # XLA's CPU backend at optimisation level 0: the tests' programs are small and compiling them
 # is most of the suite's time; level 0 compiles them about a third faster and computes the
 # same functions (users' runs, the benchmarks and `make train` keep XLA's default level).
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
 ).strip()
+# One persistent compilation cache for the whole suite: both pytest workers and every `mrnn`
+# process the tests start load the programs another one compiled (the tiny config's
+# programs are the same in dozens of tests). Tests that kill a process while it may be
+# writing an entry give it a cache of its own (`private_compilation_cache`).
 SHARED_COMPILATION_CACHE = os.path.join(REPO, ".cache", "xla-tests")
 os.environ.setdefault("MRNN_COMPILATION_CACHE", SHARED_COMPILATION_CACHE)
 compilation_cache.enable()
@@ -46,6 +48,19 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         extra = {**extra, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()}
     env.update(extra)
     return env
+
+
+def write_scenes(folder, count: int, seed: int) -> tuple[ShapesSplit, list[str]]:
+    """``count`` 64x64 shapes test scenes saved as ``folder/scene{i}.png`` (the folder is made
+    if missing): their split, and the files' paths."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    split = shapes.make_split("test", count, seed=seed)
+    paths = [os.path.join(folder, f"scene{i}.png") for i in range(count)]
+    for image, path in zip(split.images, paths, strict=True):
+        Image.fromarray(image).save(path)
+    return split, paths
 
 
 def run_mrnn(

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from mrnn_jax.data import shapes
-from tests.conftest import run_mrnn
+from tests.conftest import run_mrnn, write_scenes
 
 
 def _one_line_error(result) -> str:
@@ -18,11 +18,7 @@ def _one_line_error(result) -> str:
 
 
 def test_caption_prints_caption_and_log_probability(tiny_run, tmp_path):
-    split = shapes.make_split("test", 2, seed=3, image_size=64)
-    paths = []
-    for i, image in enumerate(split.images):
-        paths.append(str(tmp_path / f"scene{i}.png"))
-        Image.fromarray(image).save(paths[-1])
+    split, paths = write_scenes(tmp_path, 2, seed=3)
     # A large JPEG of another size: resized as the encoder expects.
     big = str(tmp_path / "big.jpg")
     Image.fromarray(np.kron(split.images[0], np.ones((5, 7, 1), np.uint8))).save(big)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from PIL import Image
-
-from mrnn_jax.data import shapes
-from tests.conftest import run_mrnn, run_python, subprocess_env
+from tests.conftest import run_mrnn, run_python, subprocess_env, write_scenes
 
 PROBE = """
 import json, os, jax, jax.numpy as jnp
@@ -47,11 +44,7 @@ def test_an_unwritable_directory_is_a_warning_not_an_error(tmp_path):
 
 
 def test_a_second_caption_command_compiles_nothing_and_prints_the_same(tiny_run, tmp_path):
-    split = shapes.make_split("test", 2, seed=3, image_size=64)
-    paths = []
-    for i, image in enumerate(split.images):
-        paths.append(str(tmp_path / f"scene{i}.png"))
-        Image.fromarray(image).save(paths[-1])
+    _, paths = write_scenes(tmp_path, 2, seed=3)
     directory = str(tmp_path / "cache")
     env = subprocess_env(MRNN_COMPILATION_CACHE=directory)
     args = ("caption", "--checkpoint", tiny_run, "--beam", "3", *paths)

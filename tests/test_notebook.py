@@ -8,10 +8,8 @@ import os
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from PIL import Image
 
-from mrnn_jax.data import shapes
-from tests.conftest import REPO
+from tests.conftest import REPO, write_scenes
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
 CHECKPOINT = os.path.join(REPO, "tests", "data", "tiny_checkpoint")
@@ -19,11 +17,8 @@ CHECKPOINT = os.path.join(REPO, "tests", "data", "tiny_checkpoint")
 
 @pytest.mark.slow
 def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
-    split = shapes.make_split("test", 5, seed=4)
     images = tmp_path / "images"
-    images.mkdir()
-    for i, image in enumerate(split.images):
-        Image.fromarray(image).save(images / f"scene{i}.png")
+    split, _ = write_scenes(images, 5, seed=4)
     (images / "broken.jpg").write_bytes(b"not an image")
     # The kernel inherits this environment: the paths, this checkout, the CPU.
     monkeypatch.setenv("MRNN_RUN", CHECKPOINT)

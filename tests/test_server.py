@@ -21,9 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mrnn_jax import api, server
-from mrnn_jax.data import shapes
 from mrnn_jax.errors import MrnnError
-from tests.conftest import REPO, run_mrnn, subprocess_env
+from tests.conftest import REPO, run_mrnn, subprocess_env, write_scenes
 
 CHECKPOINT = os.path.join(REPO, "tests", "data", "tiny_checkpoint")
 SAMPLE = os.path.join(CHECKPOINT, "sample.png")
@@ -34,11 +33,8 @@ CHROMIUM = os.environ.get("MRNN_CHROMIUM") or shutil.which("chromium") or "/usr/
 def files(tmp_path_factory) -> dict:
     """A gallery of shapes scenes, the scene captions, and the bad uploads."""
     root = tmp_path_factory.mktemp("serve")
-    split = shapes.make_split("test", 6, seed=3)
     gallery = root / "gallery"
-    gallery.mkdir()
-    for i, image in enumerate(split.images):
-        Image.fromarray(image).save(gallery / f"scene{i}.png")
+    split, _ = write_scenes(gallery, 6, seed=3)
     (root / "empty.png").write_bytes(b"")
     (root / "notes.txt").write_text("not an image\n")
     # 7072 x 7072 = 50.0 megapixels of one colour: a small PNG that is huge once decoded.
