@@ -181,7 +181,21 @@ def load(
     they were extracted with, checked against the SHA-256 their provenance records) lets the
     captioner read image files.
     """
-    directory, step = checkpoint.find_checkpoint(os.fspath(path), which)
+    return checkpoint.read_newest(
+        os.fspath(path),
+        which,
+        lambda directory, step: _load_step(directory, step, compute_dtype, encoder_weights),
+    )
+
+
+def _load_step(
+    directory: str,
+    step: int,
+    compute_dtype: str | None,
+    encoder_weights: str | os.PathLike | None,
+) -> Captioner:
+    """The :class:`Captioner` of the checkpoint ``directory/<step>`` (see :func:`load`)."""
+    path = os.path.join(directory, str(step))
     config = configs.from_json(checkpoint.read_json_item(directory, step, "config"))
     if compute_dtype is not None:
         configs.apply_overrides(config, [f"model.compute_dtype={compute_dtype}"])

@@ -30,8 +30,9 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,7 @@ import orbax.checkpoint as ocp
 from mrnn_jax.errors import MrnnError, WriteFailed
 
 log = logging.getLogger("mrnn_jax")
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 LATEST_DIR = "checkpoints"
@@ -69,16 +71,31 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _saved_tree(item_dir: str) -> Any:
+    """The saved pytree's structure with each array's shape and dtype, or None where orbax
+    gives no metadata (it gives none for a relative path: every path here is made absolute)."""
+    metadata = ocp.StandardCheckpointer().metadata(os.path.abspath(item_dir))
+    return getattr(getattr(metadata, "item_metadata", None), "tree", None)
+
+
 def _array_tree(item_dir: str) -> Any:
-    """The arrays of one saved pytree item, read in full onto the host as numpy arrays."""
-    metadata = ocp.StandardCheckpointer().metadata(item_dir)
-    tree = metadata.item_metadata.tree
-    args = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-        tree,
-        is_leaf=lambda x: hasattr(x, "shape"),
-    )
+    """The arrays of one saved pytree item, read in full onto the host as numpy arrays.
+
+    Missing metadata is no proof of damage: the arrays are then restored as they were saved,
+    and only a restore that fails counts as damage.
+    """
+    item_dir = os.path.abspath(item_dir)
+    tree = _saved_tree(item_dir)
     with ocp.PyTreeCheckpointer() as checkpointer:
+        if tree is None:
+            with warnings.catch_warnings():  # "Sharding info not provided": read from file
+                warnings.simplefilter("ignore", UserWarning)
+                return jax.tree.map(np.asarray, checkpointer.restore(item_dir))
+        args = jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+            tree,
+            is_leaf=lambda x: hasattr(x, "shape"),
+        )
         return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
@@ -173,16 +190,34 @@ def _digit_steps(directory: str) -> list[int]:
     return sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True)
 
 
+# How many times a reader starts over when a running trainer replaces the step it reads.
+MAX_REREADS = 50
+
+
+def superseded(directory: str, step: int) -> bool:
+    """Whether ``directory/<step>`` was replaced while it was read: a trainer's rotation
+    deleted it, or saved a newer step (it deletes older ones only after a newer is saved)."""
+    steps = _digit_steps(directory)
+    return step not in steps or steps[0] > step
+
+
 def newest_intact(
     directory: str, items: Sequence[str], move: bool = True
 ) -> tuple[int, dict] | None:
     """The newest step of ``directory`` whose ``items`` read back completely, with its JSON
     items; None when there is none. Unusable steps are warned about and moved aside (see
-    :func:`move_aside`)."""
-    for step in _digit_steps(directory):
+    :func:`move_aside`). A step that a running trainer replaces while it is read is not
+    unusable: the search starts again from the newest step."""
+    steps, rereads = _digit_steps(directory), 0
+    while steps:
+        step = steps.pop(0)
         try:
             return step, verify_step(os.path.join(directory, str(step)), items)
         except UnusableCheckpoint as e:
+            if superseded(directory, step) and rereads < MAX_REREADS:
+                rereads += 1
+                steps = _digit_steps(directory)
+                continue
             move_aside(directory, step, str(e), move)
     return None
 
@@ -191,12 +226,10 @@ def check_shapes(directory: str, step: int, abstract_params: Any) -> None:
     """Raises :class:`MrnnError` when the saved parameters' shapes are not those of the
     model that the checkpoint's own config and vocabulary describe."""
     try:
-        saved = (
-            ocp.StandardCheckpointer()
-            .metadata(os.path.join(directory, str(step), "params"))
-            .item_metadata.tree
-        )
+        saved = _saved_tree(os.path.join(directory, str(step), "params"))
     except Exception:  # unreadable metadata: the restore itself will say
+        return
+    if saved is None:
         return
     flat_saved = {
         jax.tree_util.keystr(k): tuple(v.shape)
@@ -490,17 +523,27 @@ def find_checkpoint(path: str, which: str = "best") -> tuple[str, int]:
     else:
         run, candidates = path, [BEST_DIR, LATEST_DIR] if which == "best" else [LATEST_DIR]
     move = not workdir_lock.held_by_live_trainer(run)
-    seen = False
+    seen: list[int] = []  # the steps of the candidates tried before
     for sub in candidates:
         directory = os.path.join(run, sub)
-        seen = seen or bool(_digit_steps(directory))
+        steps = _digit_steps(directory)
         found = newest_intact(directory, READ_ITEMS, move=move)
         if found is not None:
             step = found[0]
             if sub != candidates[0]:
-                log.warning("%s has no best checkpoint; using the latest (step %d)", run, step)
+                first = os.path.join(run, candidates[0])
+                if seen:
+                    log.warning(
+                        "%s: step %d is damaged (see above); using the latest checkpoint (step %d)",
+                        first,
+                        seen[0],
+                        step,
+                    )
+                else:
+                    log.warning("%s has no best checkpoint; using the latest (step %d)", run, step)
             return directory, step
-    if seen:
+        seen += steps
+    if seen or _digit_steps(os.path.join(run, candidates[-1])):
         raise MrnnError(
             f"{path}: no intact checkpoint in {' or '.join(c + '/' for c in candidates)} "
             "(see the warnings above)"
@@ -509,6 +552,21 @@ def find_checkpoint(path: str, which: str = "best") -> tuple[str, int]:
         f"{path}: no checkpoint found (expected a work directory written by 'mrnn train', "
         f"with {BEST_DIR}/ or {LATEST_DIR}/ inside)"
     )
+
+
+def read_newest(path: str, which: str, read: Callable[[str, int], T]) -> T:
+    """``read(directory, step)`` of the checkpoint :func:`find_checkpoint` names. Where a
+    running trainer replaces that step while it is read (its rotation deletes old steps),
+    the newest intact step is found and read again."""
+    for attempt in range(MAX_REREADS + 1):
+        directory, step = find_checkpoint(path, which)
+        try:
+            return read(directory, step)
+        except Exception:
+            if attempt == MAX_REREADS or not superseded(directory, step):
+                raise
+            log.debug("%s/%d was replaced while it was read; reading the newest", directory, step)
+    raise AssertionError("unreachable")
 
 
 def read_json_item(directory: str, step: int, item: str) -> dict:

@@ -2,35 +2,85 @@
 
 ``tensorboard --logdir runs/`` then shows every run's scalars: ``train/loss``,
 ``train/perplexity``, ``train/learning_rate``, ``val/perplexity``, ``val/CIDEr-D``, ...
+
+The events hold the same scalars as ``metrics.jsonl``, which a resumed run keeps equal to an
+uninterrupted run's. So a run that starts (or resumes) writes one new event file that first
+replays the rows of ``metrics.jsonl`` it continues, then removes the event files of the runs
+before it: after any sequence of kills, TensorBoard shows each step once, as an
+uninterrupted run logged it, from one file. (Events are buffered: a kill loses the last
+seconds of them, and the next start writes them again from ``metrics.jsonl``.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+from collections.abc import Iterable, Mapping
+
+from tensorboardX import SummaryWriter
+
+EVENTS_PREFIX = "events.out.tfevents."
+# Keys of a metrics.jsonl row that are not scalars.
+ROW_KEYS = ("step", "split", "time")
+
+
+def event_files(logdir: str) -> list[str]:
+    """The TensorBoard event files directly in ``logdir``."""
+    if not os.path.isdir(logdir):
+        return []
+    return sorted(
+        os.path.join(logdir, name) for name in os.listdir(logdir) if name.startswith(EVENTS_PREFIX)
+    )
 
 
 class TensorBoardLog:
     """Scalars as TensorBoard events in ``logdir``; writes nothing when not ``enabled``.
 
-    ``resume_step`` (the step a resumed run continues after) makes TensorBoard drop the
-    events a killed run had logged after that step, so the curves are those of one run.
+    :meth:`start` opens the run's event file, replaying the rows the run continues.
     """
 
-    def __init__(self, logdir: str, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, logdir: str, enabled: bool = True):
+        self.logdir = logdir
+        self.enabled = enabled
         self._writer = None
-        if enabled:
-            from tensorboardX import SummaryWriter
 
-            purge = None if resume_step is None else resume_step + 1
-            self._writer = SummaryWriter(logdir=logdir, purge_step=purge, flush_secs=30)
+    def start(self, rows: Iterable[Mapping] = ()) -> None:
+        """Opens a new event file holding ``rows`` (``metrics.jsonl``'s rows that the run
+        continues), then removes older event files (see the module's docstring)."""
+        if not self.enabled:
+            return
+        before = event_files(self.logdir)
+        # A suffix of its own: a new file never reuses (and truncates) an old file's name.
+        suffix = f".{os.getpid()}.{os.urandom(4).hex()}"
+        self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30, filename_suffix=suffix)
+        for row in rows:
+            values = {k: v for k, v in row.items() if k not in ROW_KEYS}
+            self.write(row["step"], row["split"], values, walltime=row.get("time"))
+        self._writer.flush()
+        for path in before:  # the new file holds all they held that still counts
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
-    def write(self, step: int, prefix: str, values: Mapping[str, float]) -> None:
-        """Logs each value of ``values`` (NaN included) as the scalar ``prefix/name``."""
+    def write(
+        self,
+        step: int,
+        prefix: str,
+        values: Mapping[str, float | None],
+        walltime: float | None = None,
+    ) -> None:
+        """Logs each value of ``values`` (NaN included, None skipped) as ``prefix/name``."""
         if self._writer is None:
             return
         for name, value in values.items():
             if value is not None:
-                self._writer.add_scalar(f"{prefix}/{name}", float(value), int(step))
+                self._writer.add_scalar(
+                    f"{prefix}/{name}", float(value), int(step), walltime=walltime
+                )
+
+    def flush(self) -> None:
+        """Writes the buffered events to the file."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
         """Flushes and closes the event file."""

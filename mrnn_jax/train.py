@@ -45,11 +45,11 @@ from mrnn_jax.data.pipeline import (
     CaptionTable,
     batch_indices,
     batch_width,
-    batches_per_epoch,
     data_state,
     images_per_batch,
     train_batch,
 )
+from mrnn_jax.data.records import ImageRecord
 from mrnn_jax.early_stopping import BestSoFar
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
@@ -59,6 +59,7 @@ from mrnn_jax.summary import TensorBoardLog
 from mrnn_jax.vocab import Vocabulary
 
 log = logging.getLogger("mrnn_jax")
+RESULTS_FILE = "results.json"
 
 
 @flax.struct.dataclass
@@ -306,6 +307,9 @@ def train_and_evaluate(
     ``workdir/report.html``.
     """
     started = time.time()
+    # Resolved once, here: orbax, the lock, the logs and the final evaluation's reader all
+    # see one absolute path, whatever the caller's spelling and working directory.
+    workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
     tc = config.train
 
     # Mesh and work directory.
@@ -342,6 +346,7 @@ def train_and_evaluate(
                 f"names {list(config.eval.splits)}, and the evaluators read "
                 f"{sorted(evaluators.split_names(config.evaluators))}"
             )
+    check_one_batch(dataset.splits["train"].records, tc)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
@@ -353,9 +358,7 @@ def train_and_evaluate(
         interrupt.handle_signals() as stop,
     ):
         ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
-        tensorboard = TensorBoardLog(
-            workdir, enabled=distributed.is_primary(), resume_step=ckpts.latest_step()
-        )
+        tensorboard = TensorBoardLog(workdir, enabled=distributed.is_primary())
         try:
             results = _train_and_evaluate(
                 config,
@@ -414,7 +417,6 @@ def _train_and_evaluate(
         vocab.save(os.path.join(workdir, "vocab.json"))
     max_words = config.dataset.max_words
     train_table = CaptionTable.build(splits["train"].records, vocab, max_words)
-    check_one_batch(train_table, tc)
     train_inputs = splits["train"].inputs
     log.info(
         "data: %d training captions of %d images, vocabulary %d words, %d device(s)",
@@ -455,14 +457,19 @@ def _train_and_evaluate(
         watch = _resumed_watch(watch, meta, selector, best_value, latest)
         log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
     resumed = meta if latest is not None else {}
-    results_path = os.path.join(workdir, "results.json")
-    if latest is not None and latest >= tc.num_steps and os.path.exists(results_path):
+    # metrics.jsonl: the rows of the restored step (none, for a fresh run).
+    metrics_log = metrics_log_lib.MetricsLog(workdir, enabled=primary)
+    results_path = os.path.join(workdir, RESULTS_FILE)
+    if latest is not None and (latest >= tc.num_steps or watch.should_stop):
         finished = _finished(workdir, latest, results_path)
         if finished is not None:
+            _complete_finished_run(workdir, finished, resumed, metrics_log, config)
             return finished
-    # metrics.jsonl: cut back to the rows of the restored step (all of them, for a fresh run).
-    metrics_log = metrics_log_lib.MetricsLog(workdir, enabled=primary)
-    metrics_log.start(resumed.get("metrics_rows", 0 if latest is None else None), latest or 0)
+    if latest is None:
+        metrics_log.start([], 0)
+    else:
+        metrics_log.start(resumed.get("metrics_log", resumed.get("metrics_rows")), latest)
+    tensorboard.start(metrics_log.history)  # TensorBoard: the same rows, in a new file
     guard = nonfinite.NonFiniteGuard.from_config(tc, resumed.get("nonfinite"))
 
     # Loop.
@@ -578,6 +585,7 @@ def _train_and_evaluate(
                 "data": data_summary,
                 # What a resumed run needs to write the same metrics.jsonl as an uninterrupted one.
                 "metrics_rows": metrics_log.rows,
+                "metrics_log": metrics_log.history,
                 "log_window": metrics_log_lib.window_to_json(sharding.to_host(window)),
                 "nonfinite": guard.to_json(),
             }
@@ -599,6 +607,13 @@ def _train_and_evaluate(
             _log_early_stop(bar if primary else None, watch, selector, step)
     stop.defer(False)  # nothing left to save: a signal stops the final evaluation at once
     bar.close()
+    if stop.requested:  # came during the last step's evaluation or save, after the check
+        raise interrupt.Interrupted(
+            stop.signum,
+            f"stopped by {stop.name()} after step {step}; checkpoint in "
+            f"{os.path.join(workdir, checkpoint.LATEST_DIR, str(last_saved))}; run the same "
+            "command to finish the final evaluation",
+        )
 
     # Final evaluation, on the best checkpoint.
     best_dir, best_step = checkpoint.find_checkpoint(workdir, "best")
@@ -638,30 +653,46 @@ def _train_and_evaluate(
         finite = {k: v for k, v in values.items() if v is not None}
         metrics_log.write(best_step, split, finite)
         tensorboard.write(best_step, split, finite)
+    tensorboard.close()  # every event on disk before the run counts as finished
     results["wall_time_seconds"] = time.time() - started
     if primary:
-        files.write_json_atomic(os.path.join(workdir, "results.json"), results)
+        # results.json last: its presence means the run has finished (see _finished).
         report.write_run_report(workdir, results)
+        files.write_json_atomic(results_path, results)
     return results
 
 
-def check_one_batch(table: CaptionTable, train_config: ConfigDict) -> None:
+def check_one_batch(records: list[ImageRecord], train_config: ConfigDict) -> None:
     """Raises :class:`MrnnError` when the training split cannot fill one batch."""
     per_batch = images_per_batch(train_config.batch_size, train_config.captions_per_image)
-    if batches_per_epoch(table, train_config.batch_size, train_config.captions_per_image) == 0:
+    captioned = sum(1 for record in records if record.tokens)
+    if captioned < per_batch:
         raise MrnnError(
-            f"the training split has {len(table.counts)} images with captions, fewer than one "
+            f"the training split has {captioned} images with captions, fewer than one "
             f"batch needs ({per_batch}: train.batch_size={train_config.batch_size} / "
             f"train.captions_per_image={train_config.captions_per_image}); lower train.batch_size"
         )
 
 
 def _finished(workdir: str, step: int, results_path: str) -> dict | None:
-    """The results of a run that already ran to its last step (None if unreadable)."""
+    """The results of a run that already ran to its last step; None where there are none
+    (missing, unreadable, or not a run's results: the final evaluation then runs again)."""
     try:
         with open(results_path, encoding="utf-8") as f:
             results = json.load(f)
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s); evaluating again", results_path, e)
+        return None
+    if not (
+        isinstance(results, dict)
+        and isinstance(results.get("splits"), dict)
+        and all(isinstance(v, dict) for v in results["splits"].values())
+        and isinstance(results.get("best_step"), int)
+        and isinstance(results.get("selected_by"), dict)
+    ):
+        log.warning("%s: not the results of a run; evaluating again", results_path)
         return None
     log.info(
         "%s: finished at step %d already; nothing to do (results: %s; raise train.num_steps "
@@ -671,6 +702,37 @@ def _finished(workdir: str, step: int, results_path: str) -> dict | None:
         results_path,
     )
     return results
+
+
+def _complete_finished_run(
+    workdir: str,
+    results: dict,
+    meta: dict,
+    metrics_log: metrics_log_lib.MetricsLog,
+    config: ConfigDict,
+) -> None:
+    """Puts back what a finished run promises and has lost: ``metrics.jsonl``'s rows (from
+    the last checkpoint's copy and the final evaluation in ``results``) and ``report.html``."""
+    if not distributed.is_primary():
+        return
+    saved = meta.get("metrics_log")
+    if isinstance(saved, list):
+        written = os.path.getmtime(os.path.join(workdir, RESULTS_FILE))
+        final = [
+            {
+                "step": results["best_step"],
+                "split": split,
+                "time": written,
+                **{k: float(v) for k, v in values.items() if v is not None},
+            }
+            for split in config.eval.splits  # the order they were logged in
+            for values in [results["splits"].get(split)]
+            if values is not None
+        ]
+        metrics_log.restore([*saved, *final])
+    if not os.path.exists(os.path.join(workdir, report.RUN_REPORT)):
+        log.info("%s: writing the missing report", workdir)
+        report.write_run_report(workdir, results)
 
 
 def _step_flags(flags: list, step: int) -> list[tuple[int, bool]]:

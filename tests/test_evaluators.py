@@ -86,7 +86,7 @@ def test_library_writes_tensorboard_events_without_tensorflow(tmp_path):
     code = (
         "import sys\n"
         "from mrnn_jax.summary import TensorBoardLog\n"
-        f"log = TensorBoardLog({str(tmp_path)!r})\n"
+        f"log = TensorBoardLog({str(tmp_path)!r}); log.start()\n"
         "log.write(1, 'train', {'loss': 1.5}); log.close()\n"
         "print('tensorflow' in sys.modules)\n"
     )

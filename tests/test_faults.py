@@ -291,7 +291,8 @@ def test_damaged_best_falls_back_and_nothing_intact_is_one_line(
     [best] = _saved_steps(workdir, "best")
     _truncate_largest(os.path.join(workdir, "best", str(best), "params"))
     assert mrnn_jax.load(workdir).step == max(_saved_steps(workdir))
-    assert any("has no best checkpoint" in r.getMessage() for r in mrnn_log.records)
+    damaged = f"{os.path.join(workdir, 'best')}: step {best} is damaged (see above); using"
+    assert any(damaged in r.getMessage() for r in mrnn_log.records)
     for step in _saved_steps(workdir):
         _truncate_largest(os.path.join(workdir, "checkpoints", str(step), "params"))
     image = os.path.join(REPO, "tests", "data", "tiny_checkpoint", "sample.png")
@@ -554,3 +555,305 @@ def test_training_split_smaller_than_a_batch_is_one_line(tmp_path, capsys):
     assert status == 2
     line = _one_line(capsys.readouterr().err)
     assert "the training split has 64 images with captions, fewer than one batch needs" in line
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.batch_size=400", "dataset.min_count=0", "train.patience=-1", "train.seed=-1"],
+)
+def test_a_failed_config_check_writes_nothing(tmp_path, capsys, override):
+    """Values are checked before anything is written: no work directory is left behind."""
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--config", "tiny", "--workdir", str(workdir), override]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert override.split("=")[0] in line or "train.batch_size=400" in line
+    assert not workdir.exists()
+
+
+# --- work directories as users spell them: relative paths, make train --------------------
+
+SHORT_RUN = ["train.num_steps=30"]
+
+
+def _scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows of a work directory: each scalar's (step, value) in order (the
+    wall-clock ``tokens_per_second`` aside). There must be one event file."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    files = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
+    assert len(files) == 1, files
+    events = event_accumulator.EventAccumulator(workdir)
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+        if not tag.endswith("tokens_per_second")
+    }
+
+
+def _assert_same_run(workdir: str, reference: str) -> None:
+    """Parameters (latest and best), metrics.jsonl, TensorBoard and results as the reference."""
+    _assert_same_params(workdir, reference, "latest")
+    _assert_same_params(workdir, reference, "best")
+    assert _rows(workdir) == _rows(reference)
+    assert _scalars(workdir) == _scalars(reference)
+    with (
+        open(os.path.join(workdir, "results.json")) as f,
+        open(os.path.join(reference, "results.json")) as g,
+    ):
+        assert json.load(f)["splits"] == json.load(g)["splits"]
+    assert os.path.exists(os.path.join(workdir, "report.html"))
+
+
+def _start_in(cwd: str, workdir: str, *extra: str, env: dict[str, str]) -> subprocess.Popen:
+    """``mrnn train`` of the tiny config started from ``cwd`` (``workdir`` as given)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mrnn_jax", *TRAIN_ARGS[:-1], "--workdir", workdir, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def short_reference(tmp_path_factory) -> str:
+    """An uninterrupted 30-step tiny run in an absolute work directory."""
+    workdir = str(tmp_path_factory.mktemp("short") / "reference")
+    result = run_mrnn(*TRAIN_ARGS[:-1], *SHORT_RUN, "--workdir", workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_relative_workdir_kill_nine_sigterm_and_damage_then_resume(
+    short_reference, tmp_path, private_compilation_cache
+):
+    """kill -9, SIGTERM and a damaged newest step on a run whose --workdir is relative (as
+    the README and make train spell it): resumed to the end, the same run as uninterrupted."""
+    env, cwd, relative = private_compilation_cache, str(tmp_path), os.path.join("runs", "rel")
+    workdir = os.path.join(cwd, relative)
+    rng = random.Random(18)
+
+    process = _start_in(cwd, relative, *SHORT_RUN, env=env)
+    assert _signal_when(process, _after_new_checkpoint(workdir, rng, 1), signal.SIGKILL)
+    process.communicate()
+
+    process = _start_in(cwd, relative, *SHORT_RUN, env=env)
+    soon = _after_new_checkpoint(workdir, rng, most_ahead=1, max_delay=0.05)
+    assert _signal_when(process, soon, signal.SIGTERM), "the run ended before the signal"
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "unusable" not in stderr and "resumed from" in stderr
+    line = _one_line(stderr, "mrnn: stopped by")
+    step = int(line.split("after step ")[1].split(";")[0])
+    named = line.split("checkpoint in ")[1].split(";")[0]
+    assert os.path.join(cwd, named) == os.path.join(workdir, "checkpoints", str(step))
+
+    below = max(s for s in _saved_steps(workdir) if s < step)
+    _truncate_largest(os.path.join(workdir, "checkpoints", str(step), "params"))
+    process = _start_in(cwd, relative, *SHORT_RUN, env=env)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert len([x for x in stderr.splitlines() if "checkpoint unusable" in x]) == 1, stderr
+    assert f"checkpoints/{step}: checkpoint unusable" in stderr
+    assert f"at step {below}" in stderr
+    _assert_same_run(workdir, short_reference)
+
+
+def test_the_readme_resume_commands_relative_and_absolute(tmp_path):
+    """`mrnn train ... train.num_steps=10`, then the same with 20: the second resumes at
+    step 10 (no step judged damaged), the same whether --workdir is relative or absolute."""
+    runs = {}
+    for spelling in ("relative", "absolute"):
+        workdir = str(tmp_path / spelling) if spelling == "absolute" else spelling
+        for steps in (10, 20):
+            result = subprocess.run(
+                [sys.executable, "-m", "mrnn_jax", *TRAIN_ARGS[:-1], "--workdir", workdir]
+                + [f"train.num_steps={steps}"],
+                capture_output=True,
+                text=True,
+                env=subprocess_env(),
+                cwd=str(tmp_path),
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert "unusable" not in result.stderr and "Traceback" not in result.stderr
+        assert "at step 10" in result.stderr.split("resumed from")[1].splitlines()[0]
+        runs[spelling] = str(tmp_path / spelling)
+        assert not os.path.exists(os.path.join(runs[spelling], checkpoint.ASIDE_DIR))
+    _assert_same_run(runs["relative"], runs["absolute"])
+
+
+@pytest.mark.slow
+def test_make_train_killed_and_run_again_equals_uninterrupted(
+    short_reference, private_compilation_cache
+):
+    """`make train` (tiny settings through CONFIG and ARGS, the Makefile's relative
+    runs/ work directory) killed with -9, process group and all, then run again."""
+    relative = os.path.join("runs", f"test-make-{os.getpid()}-{random.randrange(10**6)}")
+    workdir = os.path.join(REPO, relative)
+    command = ["make", "--no-print-directory", "train", "CONFIG=tiny", f"WORKDIR={relative}"]
+    command.append(f"ARGS={' '.join([*SHORT_RUN, '--no-progress'])}")
+    env = private_compilation_cache
+    try:
+        make = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        condition = _after_new_checkpoint(workdir, random.Random(3), most_ahead=2)
+        deadline = time.time() + 180
+        while not condition():
+            assert make.poll() is None, make.communicate()[1][-3000:]
+            assert time.time() < deadline, "make train made no progress"
+            time.sleep(0.001)
+        os.killpg(make.pid, signal.SIGKILL)  # make and the trainer it started
+        make.communicate()
+        again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "resumed from" in again.stderr and "unusable" not in again.stderr
+        _assert_same_run(workdir, short_reference)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- readers beside a trainer, the end of a run --------------------------------------------
+
+
+def test_readers_beside_a_trainer_that_rotates_every_step(tmp_path, mrnn_log):
+    """A checkpoint every step, one kept: readers retry a step that vanishes as they read
+    it, and never call a step damaged or the run empty."""
+    workdir = str(tmp_path / "run")
+    trainer = _start(
+        workdir,
+        "train.num_steps=100000",
+        "train.checkpoint_every=1",
+        "train.max_checkpoints=1",
+        "train.eval_every=5",
+    )
+    try:
+        deadline = time.time() + 120
+        while len(_saved_steps(workdir)) == 0 or len(_saved_steps(workdir, "best")) == 0:
+            assert trainer.poll() is None, trainer.communicate()[1][-3000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        steps = set()
+        for i in range(12):
+            captioner = mrnn_jax.load(workdir, "latest" if i % 2 else "best")
+            steps.add(captioner.step)
+        assert len(steps) > 2  # the trainer moved on while they read
+        assert trainer.poll() is None
+    finally:
+        trainer.kill()
+        trainer.communicate()
+    complaints = [m for m in _messages(mrnn_log) if "unusable" in m or "no intact" in m]
+    assert complaints == []
+    assert not os.path.exists(os.path.join(workdir, checkpoint.ASIDE_DIR))
+
+
+def _signal_self_when(monkeypatch, module, name: str, signum: int, when=lambda *a: True):
+    """Makes ``module.name`` send ``signum`` to this process (once, when ``when(*args)``)
+    before it does its work."""
+    original, sent = getattr(module, name), []
+
+    def wrapped(*args, **kwargs):
+        if not sent and when(*args):
+            sent.append(True)
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return sent
+
+
+def test_signal_during_the_last_evaluation_or_the_report_stops_and_the_rerun_finishes(
+    tiny_run, tmp_path, monkeypatch
+):
+    from mrnn_jax import report
+
+    workdir = str(tmp_path / "run")
+    # SIGTERM while the last step's evaluators run: that step is saved, and the run stops
+    # with the usual line instead of going on to the final evaluation.
+    last = lambda run_evaluators, params, step, is_last: is_last  # noqa: E731
+    _signal_self_when(monkeypatch, train, "_run_due_evaluators", signal.SIGTERM, last)
+    with pytest.raises(interrupt.Interrupted, match="after step 20; checkpoint in") as raised:
+        train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    assert raised.value.signum == signal.SIGTERM
+    assert _saved_steps(workdir)[-1] == 20
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    monkeypatch.undo()
+
+    # SIGTERM while the report is written: no results.json, so the run has not finished.
+    _signal_self_when(monkeypatch, report, "write_run_report", signal.SIGTERM)
+    with pytest.raises(interrupt.Interrupted):
+        train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    monkeypatch.undo()
+
+    # The same command again finishes the final evaluation: as an uninterrupted run.
+    train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    _assert_same_run(workdir, tiny_run)
+
+
+def test_finished_run_missing_its_report_gets_it_back(tiny_run, tmp_path, mrnn_log):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    os.remove(os.path.join(workdir, "report.html"))
+    result = run_mrnn("train", "--config", "tiny", "--workdir", workdir, "--no-progress")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "finished at step 20 already" in result.stderr
+    assert os.path.exists(os.path.join(workdir, "report.html"))
+    assert _rows(workdir) == _rows(tiny_run)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '{"splits": [], "best_step": "x"}'])
+def test_results_json_of_the_wrong_shape_is_evaluated_again(tiny_run, tmp_path, content):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run, workdir)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        f.write(content)
+    status = cli.main(["train", "--config", "tiny", "--workdir", workdir, "--no-progress"])
+    assert status == 0
+    with (
+        open(os.path.join(workdir, "results.json")) as f,
+        open(os.path.join(tiny_run, "results.json")) as g,
+    ):
+        assert json.load(f)["splits"] == json.load(g)["splits"]
+    assert _rows(workdir) == _rows(tiny_run)
+
+
+def _cut_row(path: str, index: int) -> None:
+    """Cuts ``path`` in the middle of its row ``index`` (what a damaged write leaves)."""
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(path, "wb") as f:
+        f.write(b"".join(lines[:index]) + lines[index][: len(lines[index]) // 2])
+
+
+def test_a_cut_counted_row_is_restored_on_resume_and_on_a_finished_run(
+    tiny_run, tmp_path, mrnn_log
+):
+    # Resume: the newest checkpoint lost (as if killed before it), a counted row cut.
+    workdir = str(tmp_path / "resumed")
+    shutil.copytree(tiny_run, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
+    counted = len(checkpoint.RunCheckpoints(workdir).read_item(15, "meta")["metrics_log"])
+    _cut_row(os.path.join(workdir, metrics_log.METRICS_FILE), counted - 1)
+    train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    assert _rows(workdir) == _rows(tiny_run)
+    assert _scalars(workdir) == _scalars(tiny_run)
+    assert any("rewritten from the checkpoint" in m for m in _messages(mrnn_log))
+
+    # Finished: a row cut, rerun: restored with a warning, nothing else changes.
+    finished = str(tmp_path / "finished")
+    shutil.copytree(tiny_run, finished)
+    _cut_row(os.path.join(finished, metrics_log.METRICS_FILE), 3)
+    train.train_and_evaluate(configs.load_config("tiny"), finished, progress=False)
+    assert _rows(finished) == _rows(tiny_run)
+    assert any("missing or changed" in m for m in _messages(mrnn_log))

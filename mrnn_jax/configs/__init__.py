@@ -91,6 +91,9 @@ def validate(config: ConfigDict) -> None:
         raise MrnnError(
             f"train.grad_clip_norm must be positive and finite, got {config.train.grad_clip_norm}"
         )
+    _check_int(config, "dataset.min_count", 1, "words seen fewer times become <unk>")
+    _check_int(config, "train.seed", 0, "any non-negative integer")
+    _check_int(config, "train.patience", 0, "0 never stops early")
     if config.dataset.max_words < 1:
         raise MrnnError(f"dataset.max_words must be at least 1, got {config.dataset.max_words}")
     for key in ("batch_size", "max_decode_words"):
@@ -101,6 +104,17 @@ def validate(config: ConfigDict) -> None:
     selection.Selector.from_config(config.train)
     if "evaluators" in config:
         evaluators.check_config(config.evaluators)
+
+
+def _check_int(config: ConfigDict, key: str, least: int, hint: str) -> None:
+    """Raises :class:`MrnnError` unless the config value at ``key`` (when present) is an
+    integer of at least ``least``."""
+    section, name = key.split(".")
+    if name not in config[section]:
+        return
+    value = config[section][name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise MrnnError(f"{key}={value!r}: must be an integer >= {least} ({hint})")
 
 
 def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:
