@@ -24,7 +24,7 @@ from timing import median_time
 
 from mrnn_jax import captioner, decode
 from mrnn_jax.model import MRNN, make_model
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID
+from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

@@ -9,7 +9,7 @@ process, one after the other in the same sitting:
   only); the seconds per step after the first log window (so compiles are left out) and the
   seconds of one validation evaluation, read from ``metrics.jsonl``;
 * retrieval: ``retrieval.score_matrix`` of ``--sentences`` test sentences (a seeded sample,
-  encoded to the split's longest, as ``mrnn_jax.retrieval_report`` does) against
+  encoded to the split's longest, as ``mrnn_jax.pages.retrieval_page`` does) against
   ``--images`` test images, with random weights (timing only): pairs per second.
 
 Then both are extrapolated to what a user runs: ``make train DATASET=flickr8k`` (the
@@ -34,11 +34,12 @@ RETRIEVAL = r"""
 import json, sys, time
 import jax, numpy as np
 import mrnn_jax
-from mrnn_jax import configs, retrieval
+from mrnn_jax import configs
+from mrnn_jax.evaluation import retrieval
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.model import make_model
-from mrnn_jax.train import build_vocab
+from mrnn_jax.training.loop import build_vocab
 data, sentences, images = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 config = configs.load_config("flickr8k", [f"dataset.data_dir={data}",
     f"dataset.features={data}/features.npz", "encoder.features_dim=1280"])

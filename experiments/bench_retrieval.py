@@ -1,7 +1,8 @@
 """Retrieval scoring speed and memory: log P(S | I) for every sentence x image pair.
 
-Times :func:`mrnn_jax.retrieval.score_matrix` with paper-sized layers (embed 128, word 256,
-multimodal 512), random weights, a 10,000-word vocabulary, random 4096-d float32 features and
+Times :func:`mrnn_jax.evaluation.retrieval.score_matrix` with paper-sized layers (embed 128,
+word 256, multimodal 512), random weights, a 10,000-word vocabulary, random 4096-d float32
+features and
 random 20-word sentences, and compares its matrix-multiply FLOP rate with the machine's own
 float32 matmul peak, measured in the same run (before and after the timed runs; the higher
 one counts). Times the parts of one tile, extrapolates the full Flickr8K/30K test split
@@ -30,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from timing import median_time
 
-from mrnn_jax import retrieval
+from mrnn_jax.evaluation import retrieval
 from mrnn_jax.model import MRNN, activation, make_model
-from mrnn_jax.vocab import END_ID, START_ID, UNK_ID
+from mrnn_jax.text.vocab import END_ID, START_ID, UNK_ID
 
 FULL_SENTENCES, FULL_IMAGES = 5_000, 1_000  # the Flickr8K / Flickr30K test split
 

@@ -31,12 +31,13 @@ from ml_collections import ConfigDict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared timing helper
 from timing import median_time  # noqa: E402
 
-from mrnn_jax import decode, retrieval, sharding
+from mrnn_jax import decode, sharding
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, PretrainedEncoder
+from mrnn_jax.evaluation import retrieval
 from mrnn_jax.files import write_json_atomic, write_text_atomic
 from mrnn_jax.model import MRNN, make_model
-from mrnn_jax.train import init_state, jit_train_step, make_optimizer, make_train_step
-from mrnn_jax.vocab import END_ID, START_ID, UNK_ID
+from mrnn_jax.text.vocab import END_ID, START_ID, UNK_ID
+from mrnn_jax.training.loop import init_state, jit_train_step, make_optimizer, make_train_step
 
 PARTS = ("train", "decode", "retrieval", "encoders")
 

@@ -30,13 +30,15 @@ import os
 import platform
 import time
 
-from mrnn_jax import caption_metrics, captioner, evaluate, report
+from mrnn_jax import captioner
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import captioning, coco_metrics
 from mrnn_jax.files import write_json_atomic, write_text_atomic
+from mrnn_jax.pages import run_page
 
-COLUMNS = ("perplexity", *caption_metrics.SCORE_NAMES, "largest object named")
+COLUMNS = ("perplexity", *coco_metrics.SCORE_NAMES, "largest object named")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,11 +123,11 @@ class Reranked:
     """One row of the table: its decoding and its evaluation."""
 
     options: DecodeOptions
-    result: evaluate.CaptioningResult
+    result: captioning.CaptioningResult
 
 
 def _rerank_options(args: argparse.Namespace, model, metric: str | None = None):
-    from mrnn_jax import consensus
+    from mrnn_jax.evaluation import consensus
 
     return consensus.ConsensusOptions.from_config(
         model.config.rerank,
@@ -146,7 +148,7 @@ def rerank_details(args: argparse.Namespace, model) -> list[dict] | None:
 
 def reranked(args, model, setup, max_words: int, perplexity: float) -> dict[str, Reranked]:
     """The plain beam of rerank.num_hypotheses and its consensus rerankings, by row name."""
-    from mrnn_jax import consensus
+    from mrnn_jax.evaluation import consensus
 
     data, mesh, batch_size, params = setup.data, setup.mesh, setup.batch_size, setup.params
     first = _rerank_options(args, model)
@@ -164,14 +166,14 @@ def reranked(args, model, setup, max_words: int, perplexity: float) -> dict[str,
         mesh=mesh,
         perplexity=perplexity,
     )
-    plain = evaluate.evaluate_captioning(
+    plain = captioning.evaluate_captioning(
         model.model, params, data, model.vocab, options, progress=not args.no_progress, **common
     )
     rows = {f"beam K={k} n-best": Reranked(options, plain)}
     reranker = consensus.load_reranker(model.model, params, model.config, first, batch_size)
     for metric in args.rerank_metric or [first.metric]:
         reranker = reranker.with_metric(metric)
-        result = evaluate.evaluate_captioning(
+        result = captioning.evaluate_captioning(
             model.model,
             params,
             data,
@@ -204,22 +206,22 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
     max_words = args.max_words or model.config.eval.max_decode_words
-    setup = evaluate.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
+    setup = captioning.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
     data, mesh, batch_size, params = setup.data, setup.mesh, setup.batch_size, setup.params
     os.makedirs(args.out, exist_ok=True)
 
     table = CaptionTable.build_uncut(data.records, model.vocab, model.config.dataset.max_words)
-    perplexity = evaluate.split_perplexity(
+    perplexity = captioning.split_perplexity(
         model.model, params, table, data.inputs, batch_size, mesh
     )["perplexity"]
     chosen = strategies(args, max_words)
     rows, results, unavailable = {}, {}, {}
 
-    def record(name: str, result: evaluate.CaptioningResult) -> None:
+    def record(name: str, result: captioning.CaptioningResult) -> None:
         rows[name], results[name] = result.metrics, result
         unavailable.update(result.unavailable)
         slug = name.replace(" ", "").replace("=", "").replace("+", "_")
-        caption_metrics.save_results(
+        coco_metrics.save_results(
             os.path.join(args.out, f"captions_{args.split}_{slug}.json"),
             dict(zip(result.image_ids, (c[0][0] for c in result.captions), strict=True)),
         )
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     for name, options in chosen.items():
-        result = evaluate.evaluate_captioning(
+        result = captioning.evaluate_captioning(
             model.model,
             params,
             data,
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             for name in results
         ]
         items.append(
-            report.ReportItem(
+            run_page.ReportItem(
                 image_id=shown.image_ids[i],
                 captions=captions,
                 references=shown.references[i],
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                 image_path=None if model.takes_pixels else data.records[i].file_path,
             )
         )
-    report.write_html(
+    run_page.write_html(
         os.path.join(args.out, f"captioning_{args.split}.html"),
         items,
         title=f"m-RNN captions: {args.split} split ({scored_by} scores)",

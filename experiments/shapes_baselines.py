@@ -18,7 +18,7 @@ import platform
 import time
 
 from mrnn_jax import configs
-from mrnn_jax.train import train_and_evaluate
+from mrnn_jax.training.loop import train_and_evaluate
 
 RUNS = {"m-RNN": [], "image-blind (zeroed image)": ["model.zero_image=True"]}
 

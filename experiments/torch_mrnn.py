@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-PAD_ID = 0  # mrnn_jax.vocab.PAD_ID (not imported: this file stands alone)
+PAD_ID = 0  # mrnn_jax.text.vocab.PAD_ID (not imported: this file stands alone)
 
 
 class TorchMRNN(nn.Module):

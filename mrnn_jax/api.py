@@ -26,11 +26,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from mrnn_jax import decode, evaluate, retrieval, retrieval_report
+from mrnn_jax import decode
 from mrnn_jax.captioner import Captioner, load
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import captioning, retrieval
 from mrnn_jax.files import write_json_atomic
 from mrnn_jax.images import ImageError
+from mrnn_jax.pages import retrieval_page
 
 log = logging.getLogger("mrnn_jax")
 
@@ -298,7 +300,7 @@ class CaptionEvaluation:
     rerank: Any
     metrics: dict
     unavailable: dict
-    result: evaluate.CaptioningResult
+    result: captioning.CaptioningResult
 
 
 def evaluate_captioning(
@@ -332,7 +334,7 @@ def evaluate_captioning(
     ``num_hypotheses``)."""
     consensus_options = None
     if rerank not in (None, "none"):
-        from mrnn_jax import consensus
+        from mrnn_jax.evaluation import consensus
 
         if rerank != "consensus":
             raise MrnnError(f"unknown reranking {rerank!r}: choose consensus")
@@ -358,13 +360,13 @@ def evaluate_captioning(
         allow_unk=allow_unk,
         max_words=max_words,
     )
-    setup = evaluate.prepare_split_evaluation(model, split, max_images, batch_size)
+    setup = captioning.prepare_split_evaluation(model, split, max_images, batch_size)
     reranker = None
     if consensus_options is not None:
         reranker = consensus.load_reranker(
             model.model, setup.params, model.config, consensus_options, setup.batch_size
         )
-    result = evaluate.evaluate_captioning(
+    result = captioning.evaluate_captioning(
         model.model,
         setup.params,
         setup.data,
@@ -441,11 +443,11 @@ def retrieval_metrics(
     html_queries: int = 10,
     checkpoint: str = "",
     progress: bool = True,
-) -> retrieval_report.RetrievalReport:
+) -> retrieval_page.RetrievalReport:
     """Image-sentence retrieval on a split of the run's dataset, both directions as in the
     paper's tables (R@1, R@5, R@10, median and mean rank); see
-    :func:`mrnn_jax.retrieval_report.run` for the files it can write."""
-    return retrieval_report.run(
+    :func:`mrnn_jax.pages.retrieval_page.run` for the files it can write."""
+    return retrieval_page.run(
         model,
         split,
         max_images=max_images,

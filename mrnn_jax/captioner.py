@@ -10,13 +10,15 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from mrnn_jax import checkpoint, configs, decode, evaluate, metrics
+from mrnn_jax import configs, decode, losses
 from mrnn_jax.encoders import takes_pixels
 from mrnn_jax.encoders.extractor import FeatureExtractor, from_provenance
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import captioning
 from mrnn_jax.images import load_images
 from mrnn_jax.model import MRNN, make_model
-from mrnn_jax.vocab import Vocabulary
+from mrnn_jax.text.vocab import Vocabulary
+from mrnn_jax.training import checkpoints
 
 
 @dataclasses.dataclass
@@ -120,16 +122,16 @@ class Captioner:
         options = options or self.options()
         image_inputs = np.asarray(image_inputs)
         batch_size = min(batch_size, 1 << max(len(image_inputs) - 1, 0).bit_length())
-        generated = evaluate.generate_captions(
+        generated = captioning.generate_captions(
             self.model, self.params, image_inputs, self.vocab, options, batch_size
         )
         return generated if reranker is None else reranker.rerank(image_inputs, generated)
 
     def consensus_reranker(self, max_train_images: int | None = None, **overrides):
-        """A :class:`~mrnn_jax.consensus.ConsensusReranker` over the run's training images
-        (the dataset of its config; the first ``max_train_images`` only, if given), with the
+        """A :class:`~mrnn_jax.evaluation.consensus.ConsensusReranker` over the run's training
+        images (the dataset of its config; the first ``max_train_images`` only, if given), with the
         config's ``rerank`` values changed by ``overrides`` (e.g. ``metric="BLEU"``)."""
-        from mrnn_jax import consensus
+        from mrnn_jax.evaluation import consensus
 
         options = consensus.ConsensusOptions.from_config(self.config.rerank, **overrides)
         return consensus.load_reranker(
@@ -160,9 +162,9 @@ class Captioner:
         tokens = self.vocab.encode_batch(
             [self.vocab.tokenize(c) for c in captions], self.config.dataset.max_words
         )
-        inputs, targets, mask = metrics.shift_tokens(tokens)
+        inputs, targets, mask = losses.shift_tokens(tokens)
         logits = self.model.apply({"params": self.params}, np.asarray(image_inputs), inputs)
-        return -np.asarray((metrics.token_nll(logits, targets) * mask).sum(-1))
+        return -np.asarray((losses.token_nll(logits, targets) * mask).sum(-1))
 
 
 def load(
@@ -181,7 +183,7 @@ def load(
     they were extracted with, checked against the SHA-256 their provenance records) lets the
     captioner read image files.
     """
-    return checkpoint.read_newest(
+    return checkpoints.read_newest(
         os.fspath(path),
         which,
         lambda directory, step: _load_step(directory, step, compute_dtype, encoder_weights),
@@ -196,11 +198,11 @@ def _load_step(
 ) -> Captioner:
     """The :class:`Captioner` of the checkpoint ``directory/<step>`` (see :func:`load`)."""
     path = os.path.join(directory, str(step))
-    config = configs.from_json(checkpoint.read_json_item(directory, step, "config"))
+    config = configs.from_json(checkpoints.read_json_item(directory, step, "config"))
     if compute_dtype is not None:
         configs.apply_overrides(config, [f"model.compute_dtype={compute_dtype}"])
         configs.validate(config)
-    vocab = Vocabulary.from_json(checkpoint.read_json_item(directory, step, "vocab"))
+    vocab = Vocabulary.from_json(checkpoints.read_json_item(directory, step, "vocab"))
     model = make_model(config.model, config.encoder, len(vocab))
     image_shape = (
         (1, config.encoder.image_size, config.encoder.image_size, 3)
@@ -215,11 +217,11 @@ def _load_step(
             np.zeros((1, 2), np.int32),
         )["params"]
     )
-    params = checkpoint.restore_params(directory, step, abstract)
+    params = checkpoints.restore_params(directory, step, abstract)
     features = None
     if not takes_pixels(config.encoder):
         features = (
-            checkpoint.read_json_item(directory, step, "meta").get("data", {}).get("features")
+            checkpoints.read_json_item(directory, step, "meta").get("data", {}).get("features")
         )
     extractor = None
     if encoder_weights is not None:

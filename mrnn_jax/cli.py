@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from mrnn_jax import compilation_cache
 from mrnn_jax.errors import MrnnError, WriteFailed
-from mrnn_jax.interrupt import Interrupted
+from mrnn_jax.training.signals import Interrupted
 
 EPILOG_TRAIN = """\
 Overrides are KEY=VALUE pairs naming any config value, for example
@@ -397,12 +397,13 @@ def _decoding(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mrnn_jax import configs, train
-    from mrnn_jax.evaluate import PHRASE_ACCURACY
+    from mrnn_jax import configs
+    from mrnn_jax.evaluation.captioning import PHRASE_ACCURACY
+    from mrnn_jax.training import loop
 
     _start_distributed(args)
     config = configs.load_config(args.config, [*_data_overrides(args), *args.overrides])
-    results = train.train_and_evaluate(
+    results = loop.train_and_evaluate(
         config, args.workdir, num_devices=args.devices, progress=not args.no_progress
     )
     from mrnn_jax.distributed import is_primary
@@ -554,7 +555,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _extract_features(args: argparse.Namespace) -> int:
-    from mrnn_jax import api, distributed, extract
+    from mrnn_jax import api, distributed
+    from mrnn_jax.encoders import extract_features
 
     _start_distributed(args)
     names, paths = api.extraction_images(
@@ -566,7 +568,7 @@ def _extract_features(args: argparse.Namespace) -> int:
         "feature": args.feature,
         "fine_tune_from": "",
     }
-    result = extract.extract_features(
+    result = extract_features.extract_features(
         encoder,
         names,
         paths,

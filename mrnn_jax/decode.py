@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
+from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 StepFn = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 """``(carry, tokens [N]) -> (log_probs [N, V], carry)``: one step of a language model."""

@@ -177,9 +177,9 @@ def test_the_command_line_only_parses_and_prints():
         "__future__.annotations", "argparse", "logging", "os", "sys",
         "collections.abc.Sequence", "mrnn_jax.errors.MrnnError", "mrnn_jax.errors.WriteFailed",
         "mrnn_jax.api",
-        "mrnn_jax.configs", "mrnn_jax.train", "mrnn_jax.distributed",
-        "mrnn_jax.distributed.is_primary", "mrnn_jax.extract", "mrnn_jax.server",
-        "mrnn_jax.limits.Limits", "mrnn_jax.interrupt.Interrupted",
-        "mrnn_jax.evaluate.PHRASE_ACCURACY", "mrnn_jax.compilation_cache",
+        "mrnn_jax.configs", "mrnn_jax.training.loop", "mrnn_jax.distributed",
+        "mrnn_jax.distributed.is_primary", "mrnn_jax.encoders.extract_features", "mrnn_jax.server",
+        "mrnn_jax.limits.Limits", "mrnn_jax.training.signals.Interrupted",
+        "mrnn_jax.evaluation.captioning.PHRASE_ACCURACY", "mrnn_jax.compilation_cache",
     }  # fmt: skip
     assert imported <= allowed, sorted(imported - allowed)

@@ -30,7 +30,7 @@ import pytest
 
 from mrnn_jax import decode
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
+from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 FIRST_WORD = 3  # ids from 3 up are words (UNK included); 0, 1, 2 are PAD, START, END
 

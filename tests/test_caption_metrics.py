@@ -1,4 +1,4 @@
-"""Tests of the coco-caption metrics wrapper (mrnn_jax/caption_metrics.py).
+"""Tests of the coco-caption metrics wrapper (mrnn_jax/evaluation/coco_metrics.py).
 
 The scores come from pycocoevalcap's own scorers; these tests pin down how they are called
 (tokenisation, corpus versus per-image values, empty captions, METEOR's Java process) by
@@ -16,8 +16,9 @@ import subprocess
 
 import pytest
 
-from mrnn_jax import caption_metrics
-from mrnn_jax.caption_metrics import (
+from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import coco_metrics
+from mrnn_jax.evaluation.coco_metrics import (
     SCORE_NAMES,
     SPICE_REASON,
     CaptionScores,
@@ -26,8 +27,7 @@ from mrnn_jax.caption_metrics import (
     save_results,
     score_captions,
 )
-from mrnn_jax.errors import MrnnError
-from mrnn_jax.ptb_tokenizer import PTB_PUNCTUATIONS, ptb_tokenize
+from mrnn_jax.text.ptb_tokenizer import PTB_PUNCTUATIONS, ptb_tokenize
 
 pytest.importorskip("pycocoevalcap")
 from pycocoevalcap.tokenizer import ptbtokenizer  # noqa: E402
@@ -456,6 +456,6 @@ def test_load_results_wrong_structure(tmp_path, data) -> None:
 
 
 def test_module_docstrings_say_what_cider_is() -> None:
-    assert "CIDEr-D" in (caption_metrics.__doc__ or "")
+    assert "CIDEr-D" in (coco_metrics.__doc__ or "")
     for func in (ptb_tokenize, score_captions, save_results, load_results, MeteorScorer):
         assert func.__doc__

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import mrnn_jax
-from mrnn_jax import checkpoint
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.training import checkpoints
 from tests.conftest import run_python
 
 COMMITTED = os.path.join(os.path.dirname(__file__), "data", "tiny_checkpoint")
@@ -53,12 +53,12 @@ def test_fresh_process_restores_a_trained_run_and_captions(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CAPTION" in result.stdout
     # Only the package was imported: no training module state was needed.
-    assert "mrnn_jax.train" not in code
+    assert "mrnn_jax.training.loop" not in code
 
 
 def test_best_and_latest_are_distinct_choices(tiny_run):
-    best_dir, best_step = checkpoint.find_checkpoint(tiny_run, "best")
-    latest_dir, latest_step = checkpoint.find_checkpoint(tiny_run, "latest")
+    best_dir, best_step = checkpoints.find_checkpoint(tiny_run, "best")
+    latest_dir, latest_step = checkpoints.find_checkpoint(tiny_run, "latest")
     assert best_dir.endswith("best") and latest_dir.endswith("checkpoints")
     with open(os.path.join(tiny_run, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
@@ -69,13 +69,13 @@ def test_best_and_latest_are_distinct_choices(tiny_run):
 
 
 def test_checkpoint_holds_config_and_vocabulary(tiny_run):
-    directory, step = checkpoint.find_checkpoint(tiny_run, "best")
-    config = checkpoint.read_json_item(directory, step, "config")
-    vocab = checkpoint.read_json_item(directory, step, "vocab")
-    meta = checkpoint.read_json_item(directory, step, "meta")
+    directory, step = checkpoints.find_checkpoint(tiny_run, "best")
+    config = checkpoints.read_json_item(directory, step, "config")
+    vocab = checkpoints.read_json_item(directory, step, "vocab")
+    meta = checkpoints.read_json_item(directory, step, "meta")
     assert config["model"]["word_dim"] == 16
     assert vocab["words"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
-    assert meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert meta["format_version"] == checkpoints.FORMAT_VERSION
     assert set(meta["data_state"]) == {"epoch", "batch_in_epoch"}
 
 

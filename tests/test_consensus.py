@@ -13,8 +13,8 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from mrnn_jax import consensus
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import consensus
 from mrnn_jax.model import MRNN
 from tests.conftest import run_mrnn
 

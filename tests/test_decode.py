@@ -14,7 +14,7 @@ import pytest
 
 from mrnn_jax import decode
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
+from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 VOCAB, FEATURES, MAX_WORDS = 13, 4, 8
 
@@ -233,16 +233,19 @@ def test_greedy_does_not_recompile_for_same_shapes(setup) -> None:
 
 
 def test_sampled_captions_do_not_depend_on_batching(setup) -> None:
-    from mrnn_jax import evaluate, sharding
-    from mrnn_jax.vocab import Vocabulary
+    from mrnn_jax import sharding
+    from mrnn_jax.evaluation import captioning
+    from mrnn_jax.text.vocab import Vocabulary
 
     model, variables, images = setup
     same = np.repeat(images[:1], 8, axis=0)  # one image, eight draws
     vocab = Vocabulary(words=("<pad>", "<start>", "<end>", "<unk>", *"abcdefghi"), min_count=1)
     options = decode.DecodeOptions(strategy="sample", max_words=MAX_WORDS, seed=3)
     mesh = sharding.make_mesh(1)
-    by_two = evaluate.generate_captions(model, variables["params"], same, vocab, options, 2, mesh)
-    by_four = evaluate.generate_captions(model, variables["params"], same, vocab, options, 4, mesh)
+    by_two = captioning.generate_captions(model, variables["params"], same, vocab, options, 2, mesh)
+    by_four = captioning.generate_captions(
+        model, variables["params"], same, vocab, options, 4, mesh
+    )
     # The draws (the words) agree exactly; their log-probabilities are float32 sums from
     # programs of another batch shape, which XLA does not promise to round alike.
     assert [[text for text, _ in row] for row in by_two] == [

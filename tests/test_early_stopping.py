@@ -1,5 +1,6 @@
-"""Early stopping and best-checkpoint choice on one scalar (mrnn_jax/early_stopping.py), and
-the training loop that uses them: it stops after ``train.patience`` evaluations without a
+"""Early stopping and best-checkpoint choice on one scalar
+(mrnn_jax/training/early_stopping.py), and the training loop that uses them: it stops after
+``train.patience`` evaluations without a
 better validation perplexity, and a resumed run continues the count exactly."""
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import os
 
 import pytest
 
-from mrnn_jax import configs, evaluate, train
-from mrnn_jax.early_stopping import BestSoFar
+from mrnn_jax import configs
+from mrnn_jax.evaluation import captioning
+from mrnn_jax.training import loop
+from mrnn_jax.training.early_stopping import BestSoFar
 
 
 def test_stops_after_patience_evaluations_without_improvement():
@@ -70,11 +73,11 @@ def _run(workdir, monkeypatch, first_eval: int = 2, crash_at: int | None = None)
             raise RuntimeError("killed")
         return {"perplexity": SCRIPT.get(step, 9.0), "nll_per_word": 1.0, "num_words": 1.0}
 
-    monkeypatch.setattr(evaluate, "split_perplexity", split_perplexity)
+    monkeypatch.setattr(captioning, "split_perplexity", split_perplexity)
     overrides = ["train.num_steps=16", "train.eval_every=2", "train.checkpoint_every=2"]
     overrides += ["train.patience=2", "eval.max_decode_words=3", "train.max_checkpoints=20"]
     config = configs.load_config("tiny", overrides)
-    return train.train_and_evaluate(config, str(workdir), progress=False)
+    return loop.train_and_evaluate(config, str(workdir), progress=False)
 
 
 def _validation_steps(workdir) -> list[int]:

@@ -1,4 +1,5 @@
-"""Evaluation perplexity (mrnn_jax/evaluate.py): length-sorted buckets give the padded sums."""
+"""Evaluation perplexity (mrnn_jax/evaluation/captioning.py): length-sorted buckets give the
+padded sums."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from mrnn_jax import evaluate, sharding
+from mrnn_jax import sharding
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.data.records import ImageRecord
+from mrnn_jax.evaluation import captioning
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import Vocabulary
+from mrnn_jax.text.vocab import Vocabulary
 
 
 @pytest.mark.parametrize("batch_size", [4, 7])
@@ -32,9 +34,9 @@ def test_bucketed_perplexity_equals_the_padded_computation(batch_size):
     model = MRNN(vocab_size=len(vocab), embed_dim=8, word_dim=8, multimodal_dim=16)
     params = model.init(jax.random.PRNGKey(1), inputs[:1], table.tokens[:1, :-1])["params"]
     mesh = sharding.make_mesh(1)
-    padded = evaluate.split_perplexity(model, params, table, inputs, batch_size, mesh, ())
-    bucketed = evaluate.split_perplexity(model, params, table, inputs, batch_size, mesh)
-    narrow = evaluate.split_perplexity(model, params, table, inputs, batch_size, mesh, (4, 7))
+    padded = captioning.split_perplexity(model, params, table, inputs, batch_size, mesh, ())
+    bucketed = captioning.split_perplexity(model, params, table, inputs, batch_size, mesh)
+    narrow = captioning.split_perplexity(model, params, table, inputs, batch_size, mesh, (4, 7))
     assert padded["num_words"] == bucketed["num_words"] == narrow["num_words"]
     assert padded["num_words"] == sum(len(t) + 1 for r in records for t in r.tokens)
     for result in (bucketed, narrow):

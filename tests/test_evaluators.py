@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrnn_jax import checkpoint, configs, report
+from mrnn_jax import configs
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.selection import Selector
-from mrnn_jax.train import train_and_evaluate
+from mrnn_jax.pages import run_page
+from mrnn_jax.training import checkpoints
+from mrnn_jax.training.loop import train_and_evaluate
+from mrnn_jax.training.selection import Selector
 
 # The tiny config, evaluated every 5 steps: 4 evaluations of every evaluator in 20 steps.
 CIDER_RUN = ["train.select_by=val/CIDEr-D", "train.eval_every=5", "train.num_steps=20"]
@@ -48,8 +50,8 @@ def test_select_by_cider_evaluates_it_in_training_and_keeps_the_best(cider_run):
     assert results["selected_by"] == {"metric": "val/CIDEr-D", "mode": "max", "value": ciders[best]}
     assert results["best_scalars"]["val/CIDEr-D"] == ciders[best]
     assert results["best_val_perplexity"] == val[best]["perplexity"]
-    best_dir, best_step = checkpoint.find_checkpoint(workdir, "best")
-    assert best_dir.endswith(checkpoint.BEST_DIR) and best_step == val[best]["step"]
+    best_dir, best_step = checkpoints.find_checkpoint(workdir, "best")
+    assert best_dir.endswith(checkpoints.BEST_DIR) and best_step == val[best]["step"]
     with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
         written = json.load(f)
     assert written["selected_by"]["metric"] == "val/CIDEr-D"
@@ -85,7 +87,7 @@ def test_library_writes_tensorboard_events_without_tensorflow(tmp_path):
 
     code = (
         "import sys\n"
-        "from mrnn_jax.summary import TensorBoardLog\n"
+        "from mrnn_jax.training.tensorboard import TensorBoardLog\n"
         f"log = TensorBoardLog({str(tmp_path)!r}); log.start()\n"
         "log.write(1, 'train', {'loss': 1.5}); log.close()\n"
         "print('tensorflow' in sys.modules)\n"
@@ -104,22 +106,22 @@ def _curves_png(page: str) -> Image.Image:
 
 def test_run_report_draws_every_curve(cider_run):
     workdir, _ = cider_run
-    with open(os.path.join(workdir, report.RUN_REPORT), encoding="utf-8") as f:
+    with open(os.path.join(workdir, run_page.RUN_REPORT), encoding="utf-8") as f:
         page = f.read()
     assert 'data-selected-by="val/CIDEr-D"' in page
     image = np.asarray(_curves_png(page))
     assert image.shape[0] > 400 and image.shape[1] > 1000
     colours = {tuple(c) for c in image.reshape(-1, 3)[::7]}
     assert len(colours) > 50  # lines, text and axes, not a blank image
-    rows = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    panels = report.curve_panels(rows, skip_splits=("test", "novel"))
+    rows = run_page.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    panels = run_page.curve_panels(rows, skip_splits=("test", "novel"))
     assert list(panels)[:3] == ["loss", "perplexity", "learning rate"]
     assert set(panels["perplexity"]) == {"train", "val"}
     assert {"val/CIDEr-D", "val/BLEU", "val/ROUGE-L"} <= set(panels)
     assert set(panels["val/BLEU"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"}
     assert panels["val/CIDEr-D"]["CIDEr-D"][0] == [5, 10, 15, 20]
     # Without skip_splits the final evaluation's points join the perplexity panel.
-    assert {"test", "novel"} <= set(report.curve_panels(rows)["perplexity"])
+    assert {"test", "novel"} <= set(run_page.curve_panels(rows)["perplexity"])
 
 
 def test_run_report_shows_the_curves_in_a_browser(cider_run, tmp_path):
@@ -135,7 +137,7 @@ def test_run_report_shows_the_curves_in_a_browser(cider_run, tmp_path):
             "--disable-gpu",
             f"--screenshot={shot}",
             "--window-size=1300,1200",
-            "file://" + os.path.join(workdir, report.RUN_REPORT),
+            "file://" + os.path.join(workdir, run_page.RUN_REPORT),
         ],
         capture_output=True,
         timeout=120,
@@ -157,7 +159,7 @@ def test_read_metrics_keeps_the_last_row_of_a_step_and_skips_a_torn_line(tmp_pat
         '{"step": 10, "split": "val", "perplexity": 3.0}\n'
         '{"step": 15, "spl'
     )
-    rows = report.read_metrics(path)
+    rows = run_page.read_metrics(path)
     assert [(r["step"], r["split"]) for r in rows] == [(5, "train"), (10, "val")]
     assert rows[0]["loss"] == 1.0
 
@@ -226,7 +228,7 @@ def test_selector_never_prefers_missing_or_non_finite_values():
 def test_scoring_without_pycocoevalcap_is_one_line_error(monkeypatch):
     import sys
 
-    from mrnn_jax import evaluators
+    from mrnn_jax.evaluation import evaluators
 
     config = configs.load_config("tiny")
     monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # as if not installed
@@ -239,11 +241,12 @@ def test_scoring_without_pycocoevalcap_is_one_line_error(monkeypatch):
 def test_retrieval_evaluator_logs_both_directions_of_its_subset():
     import jax
 
-    from mrnn_jax import evaluators, retrieval, sharding
+    from mrnn_jax import sharding
     from mrnn_jax.data import load_dataset
     from mrnn_jax.data.pipeline import CaptionTable
+    from mrnn_jax.evaluation import evaluators, retrieval
     from mrnn_jax.model import make_model
-    from mrnn_jax.train import build_vocab
+    from mrnn_jax.training.loop import build_vocab
 
     overrides = ["evaluators.retrieval.every=5", "evaluators.retrieval.num_images=4"]
     config = configs.load_config("tiny", overrides)
@@ -267,7 +270,7 @@ def test_retrieval_evaluator_logs_both_directions_of_its_subset():
 
 
 def test_resumed_selection_continues_or_restarts():
-    from mrnn_jax.train import _resumed_best
+    from mrnn_jax.training.loop import _resumed_best
 
     by_cider = Selector("val/CIDEr-D", maximise=True)
     by_perplexity = Selector("val/perplexity", maximise=False)
@@ -300,10 +303,11 @@ def test_tensorboard_after_a_lost_checkpoint_shows_each_step_once(tmp_path):
 def test_captions_evaluator_scores_beam_captions_of_its_subset():
     import jax
 
-    from mrnn_jax import decode, evaluate, evaluators, sharding
+    from mrnn_jax import decode, sharding
     from mrnn_jax.data import load_dataset
+    from mrnn_jax.evaluation import captioning, evaluators
     from mrnn_jax.model import make_model
-    from mrnn_jax.train import build_vocab
+    from mrnn_jax.training.loop import build_vocab
 
     overrides = ["evaluators.captions.strategy=beam", "evaluators.captions.num_images=4"]
     overrides += ["evaluators.captions.beam_size=2", "evaluators.captions.metrics=BLEU,CIDEr"]
@@ -326,7 +330,7 @@ def test_captions_evaluator_scores_beam_captions_of_its_subset():
     }
     subset = evaluators._subset(val, 4)
     options = decode.DecodeOptions(strategy="beam", beam_size=2, max_words=20)
-    expected = evaluate.evaluate_captioning(
+    expected = captioning.evaluate_captioning(
         model, params, subset, vocab, options, max_words=20, batch_size=16, mesh=mesh,
         perplexity=float("nan"), metrics=("BLEU", "CIDEr"),
     )  # fmt: skip

@@ -99,11 +99,11 @@ def test_extract_a_dataset_then_train_on_the_features(weights, tmp_path):
 
 RESUMABLE = """
 import sys
-from mrnn_jax import extract
+from mrnn_jax.encoders import extract_features
 paths = sys.argv[3:]
 names = [p.rsplit("/", 1)[1] for p in paths]
 config = {"name": "resnet50", "weights": sys.argv[1]}
-extract.extract_features(config, names, paths, sys.argv[2], batch_size=2, progress=False)
+extract_features.extract_features(config, names, paths, sys.argv[2], batch_size=2, progress=False)
 """
 
 

@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from mrnn_jax import api, extract
+from mrnn_jax import api
 from mrnn_jax.data.features import load_features
+from mrnn_jax.encoders import extract_features
 from mrnn_jax.encoders.extractor import from_provenance
 from mrnn_jax.encoders.weights import TORCHVISION, load_encoder_weights, save_encoder_weights
 from mrnn_jax.errors import MrnnError
@@ -37,7 +38,7 @@ def features_run(tmp_path_factory) -> dict:
     random_weights(weights, "alexnet")
     names, paths = api.extraction_images(images=data_dir)
     features = str(root / "fc7.npz")
-    extract.extract_features(
+    extract_features.extract_features(
         {"name": "alexnet", "weights": weights, "feature": "", "fine_tune_from": ""},
         names,
         paths,

@@ -28,9 +28,11 @@ import numpy as np
 import pytest
 
 import mrnn_jax
-from mrnn_jax import checkpoint, cli, configs, interrupt, metrics_log, train
+from mrnn_jax import cli, configs
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.workdir import WorkdirLock, read_holder
+from mrnn_jax.pages import run_page
+from mrnn_jax.training import checkpoints, loop, metrics_log, signals
+from mrnn_jax.training.lock import WorkdirLock, read_holder
 from tests.conftest import REPO, run_mrnn, subprocess_env
 
 TRAIN_ARGS = ["train", "--config", "tiny", "--no-progress", "train.num_steps=60"]
@@ -98,7 +100,9 @@ def _saved_steps(workdir: str, sub: str = "checkpoints") -> list[int]:
 
 def _saving_now(workdir: str) -> bool:
     directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(checkpoint.TMP_MARK in d for d in os.listdir(directory))
+    return os.path.isdir(directory) and any(
+        checkpoints.TMP_MARK in d for d in os.listdir(directory)
+    )
 
 
 def _best_ahead_of_latest(workdir: str) -> bool:
@@ -210,14 +214,14 @@ def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(
 
 def test_second_signal_stops_at_once_first_only_asks():
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with interrupt.handle_signals() as stop:
+    with signals.handle_signals() as stop:
         stop.defer(True)
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.name() == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    with interrupt.handle_signals() as stop:  # outside the loop: nothing to save, stop now
-        with pytest.raises(interrupt.Interrupted) as raised:
+    with signals.handle_signals() as stop:  # outside the loop: nothing to save, stop now
+        with pytest.raises(signals.Interrupted) as raised:
             os.kill(os.getpid(), signal.SIGTERM)
         assert raised.value.signum == signal.SIGTERM
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
@@ -246,7 +250,7 @@ def test_damaged_partial_and_empty_steps_fall_back_to_the_next_intact(tiny_run, 
     warnings = _messages(mrnn_log, "unusable")
     assert len(warnings) == 2, warnings
     assert "an empty folder" in warnings[0] and "OUT_OF_RANGE" in warnings[1]
-    aside = os.path.join(workdir, checkpoint.ASIDE_DIR)
+    aside = os.path.join(workdir, checkpoints.ASIDE_DIR)
     assert sorted(os.listdir(aside)) == [f"checkpoints-{newest + 100}", f"checkpoints-{newest}"]
     assert _saved_steps(workdir) == [older]
 
@@ -304,7 +308,7 @@ def test_damaged_best_falls_back_and_nothing_intact_is_one_line(
         error = capsys.readouterr().err
         line = _one_line(error)
         assert f"{workdir}: no intact checkpoint" in line or "no checkpoint found" in line
-    assert len(os.listdir(os.path.join(workdir, checkpoint.ASIDE_DIR))) == 1 + len(
+    assert len(os.listdir(os.path.join(workdir, checkpoints.ASIDE_DIR))) == 1 + len(
         _saved_steps(tiny_run)
     )
 
@@ -317,7 +321,7 @@ def test_non_finite_checkpoint_is_never_used(tiny_run, tmp_path, capsys):
         shutil.rmtree(os.path.join(workdir, sub))
     good = mrnn_jax.load(tiny_run)
     nan_params = jax.tree.map(lambda x: np.full(x.shape, np.nan, x.dtype), good.params)
-    ckpts = checkpoint.RunCheckpoints(workdir)
+    ckpts = checkpoints.RunCheckpoints(workdir)
     meta = {"step": 20}
     config, vocab = configs.to_json(good.config), good.vocab.to_json()
     with pytest.raises(MrnnError, match="not finite"):
@@ -356,7 +360,7 @@ def test_finished_run_run_again_appends_nothing(tiny_run, tmp_path, mrnn_log):
     path = os.path.join(workdir, metrics_log.METRICS_FILE)
     with open(path, "rb") as f:
         before = f.read()
-    results = train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    results = loop.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
     with open(os.path.join(tiny_run, "results.json")) as f:
         assert results["best_step"] == json.load(f)["best_step"]
     with open(path, "rb") as f:
@@ -427,13 +431,13 @@ def test_lock_of_a_dead_process_is_taken_over_other_hosts_honoured(tmp_path, mrn
 def test_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_lower(tmp_path, mrnn_log):
     workdir = str(tmp_path / "run")
     base = ["train.num_steps=30", "eval.splits=()"]
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
         configs.load_config("tiny", ["train.num_steps=10", "eval.splits=()"]),
         workdir,
         progress=False,
     )
     with pytest.raises(MrnnError) as raised:
-        train.train_and_evaluate(
+        loop.train_and_evaluate(
             configs.load_config("tiny", [*base, "train.learning_rate=1e4"]),
             workdir,
             progress=False,
@@ -447,7 +451,7 @@ def test_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_lower(tmp_pa
         assert np.isfinite(leaf).all()
 
     mrnn_log.clear()
-    results = train.train_and_evaluate(configs.load_config("tiny", base), workdir, progress=False)
+    results = loop.train_and_evaluate(configs.load_config("tiny", base), workdir, progress=False)
     assert any(
         "at step 10" in r.getMessage() for r in mrnn_log.records if "resumed" in r.getMessage()
     )
@@ -456,7 +460,7 @@ def test_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_lower(tmp_pa
 
     # The stop policy stops at the first non-finite step.
     with pytest.raises(MrnnError, match=r"step 3[1-9]: the loss or the gradients are not finite"):
-        train.train_and_evaluate(
+        loop.train_and_evaluate(
             configs.load_config(
                 "tiny",
                 [
@@ -515,7 +519,7 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(
             os.path.join(r, d)
             for r, ds, _ in os.walk(workdir)
             for d in ds
-            if checkpoint.TMP_MARK in d
+            if checkpoints.TMP_MARK in d
         ]
         assert leftovers == []
         saved = str(tmp_path / "bigger")
@@ -602,7 +606,7 @@ def _assert_same_run(workdir: str, reference: str) -> None:
         open(os.path.join(reference, "results.json")) as g,
     ):
         assert json.load(f)["splits"] == json.load(g)["splits"]
-    assert os.path.exists(os.path.join(workdir, "report.html"))
+    assert os.path.exists(os.path.join(workdir, "run_page.html"))
 
 
 def _start_in(cwd: str, workdir: str, *extra: str, env: dict[str, str]) -> subprocess.Popen:
@@ -682,7 +686,7 @@ def test_the_readme_resume_commands_relative_and_absolute(tmp_path):
             assert "unusable" not in result.stderr and "Traceback" not in result.stderr
         assert "at step 10" in result.stderr.split("resumed from")[1].splitlines()[0]
         runs[spelling] = str(tmp_path / spelling)
-        assert not os.path.exists(os.path.join(runs[spelling], checkpoint.ASIDE_DIR))
+        assert not os.path.exists(os.path.join(runs[spelling], checkpoints.ASIDE_DIR))
     _assert_same_run(runs["relative"], runs["absolute"])
 
 
@@ -754,7 +758,7 @@ def test_readers_beside_a_trainer_that_rotates_every_step(tmp_path, mrnn_log):
         trainer.communicate()
     complaints = [m for m in _messages(mrnn_log) if "unusable" in m or "no intact" in m]
     assert complaints == []
-    assert not os.path.exists(os.path.join(workdir, checkpoint.ASIDE_DIR))
+    assert not os.path.exists(os.path.join(workdir, checkpoints.ASIDE_DIR))
 
 
 def _signal_self_when(monkeypatch, module, name: str, signum: int, when=lambda *a: True):
@@ -775,40 +779,39 @@ def _signal_self_when(monkeypatch, module, name: str, signum: int, when=lambda *
 def test_signal_during_the_last_evaluation_or_the_report_stops_and_the_rerun_finishes(
     tiny_run, tmp_path, monkeypatch
 ):
-    from mrnn_jax import report
 
     workdir = str(tmp_path / "run")
     # SIGTERM while the last step's evaluators run: that step is saved, and the run stops
     # with the usual line instead of going on to the final evaluation.
     last = lambda run_evaluators, params, step, is_last: is_last  # noqa: E731
-    _signal_self_when(monkeypatch, train, "_run_due_evaluators", signal.SIGTERM, last)
-    with pytest.raises(interrupt.Interrupted, match="after step 20; checkpoint in") as raised:
-        train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    _signal_self_when(monkeypatch, loop, "_run_due_evaluators", signal.SIGTERM, last)
+    with pytest.raises(signals.Interrupted, match="after step 20; checkpoint in") as raised:
+        loop.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
     assert raised.value.signum == signal.SIGTERM
     assert _saved_steps(workdir)[-1] == 20
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     monkeypatch.undo()
 
     # SIGTERM while the report is written: no results.json, so the run has not finished.
-    _signal_self_when(monkeypatch, report, "write_run_report", signal.SIGTERM)
-    with pytest.raises(interrupt.Interrupted):
-        train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    _signal_self_when(monkeypatch, run_page, "write_run_report", signal.SIGTERM)
+    with pytest.raises(signals.Interrupted):
+        loop.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     monkeypatch.undo()
 
     # The same command again finishes the final evaluation: as an uninterrupted run.
-    train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    loop.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
     _assert_same_run(workdir, tiny_run)
 
 
 def test_finished_run_missing_its_report_gets_it_back(tiny_run, tmp_path, mrnn_log):
     workdir = str(tmp_path / "run")
     shutil.copytree(tiny_run, workdir)
-    os.remove(os.path.join(workdir, "report.html"))
+    os.remove(os.path.join(workdir, "run_page.html"))
     result = run_mrnn("train", "--config", "tiny", "--workdir", workdir, "--no-progress")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "finished at step 20 already" in result.stderr
-    assert os.path.exists(os.path.join(workdir, "report.html"))
+    assert os.path.exists(os.path.join(workdir, "run_page.html"))
     assert _rows(workdir) == _rows(tiny_run)
 
 
@@ -843,9 +846,9 @@ def test_a_cut_counted_row_is_restored_on_resume_and_on_a_finished_run(
     workdir = str(tmp_path / "resumed")
     shutil.copytree(tiny_run, workdir)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
-    counted = len(checkpoint.RunCheckpoints(workdir).read_item(15, "meta")["metrics_log"])
+    counted = len(checkpoints.RunCheckpoints(workdir).read_item(15, "meta")["metrics_log"])
     _cut_row(os.path.join(workdir, metrics_log.METRICS_FILE), counted - 1)
-    train.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
+    loop.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
     assert _rows(workdir) == _rows(tiny_run)
     assert _scalars(workdir) == _scalars(tiny_run)
     assert any("rewritten from the checkpoint" in m for m in _messages(mrnn_log))
@@ -854,6 +857,6 @@ def test_a_cut_counted_row_is_restored_on_resume_and_on_a_finished_run(
     finished = str(tmp_path / "finished")
     shutil.copytree(tiny_run, finished)
     _cut_row(os.path.join(finished, metrics_log.METRICS_FILE), 3)
-    train.train_and_evaluate(configs.load_config("tiny"), finished, progress=False)
+    loop.train_and_evaluate(configs.load_config("tiny"), finished, progress=False)
     assert _rows(finished) == _rows(tiny_run)
     assert any("missing or changed" in m for m in _messages(mrnn_log))

@@ -1,4 +1,4 @@
-"""Tests of the cost and language-model metrics (mrnn_jax/metrics.py).
+"""Tests of the cost and language-model metrics (mrnn_jax/losses.py).
 
 Perplexity follows DESIGN.md section 1: corpus-level, per word,
 PPL = 2 ** (-(1/N) sum log2 P(w)) over every predicted word (end token included, start token
@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrnn_jax.metrics import l2_penalty, masked_nll_sums, perplexity, shift_tokens, token_nll
+from mrnn_jax.losses import l2_penalty, masked_nll_sums, perplexity, shift_tokens, token_nll
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
+from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 VOCAB = 13
 

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrnn_jax import captioner, configs, evaluate
+from mrnn_jax import captioner, configs
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import captioning
 from mrnn_jax.model import make_model
-from mrnn_jax.train import init_state, make_optimizer, make_train_step
+from mrnn_jax.training.loop import init_state, make_optimizer, make_train_step
 
 
 def _model(dtype: str):
@@ -59,9 +60,9 @@ def test_float32_checkpoint_evaluated_in_bfloat16_keeps_its_perplexity(tiny_run)
     values = {}
     for dtype in ("float32", "bfloat16"):
         model = captioner.load(tiny_run, compute_dtype=dtype)
-        setup = evaluate.prepare_split_evaluation(model, "test")
+        setup = captioning.prepare_split_evaluation(model, "test")
         table = CaptionTable.build_uncut(setup.data.records, model.vocab, 20)
-        values[dtype] = evaluate.split_perplexity(
+        values[dtype] = captioning.split_perplexity(
             model.model, setup.params, table, setup.data.inputs, setup.batch_size, setup.mesh
         )["perplexity"]
     assert values["float32"] != values["bfloat16"]  # the products really ran in bfloat16

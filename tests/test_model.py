@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mrnn_jax.model import ACTIVATIONS, MRNN, activation, make_model, scaled_tanh
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, UNK_ID
+from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, UNK_ID
 
 VOCAB, EMBED, WORD, MULTIMODAL, FEATURES = 11, 5, 6, 7, 4
 TOL = {"rtol": 1e-5, "atol": 1e-5}

@@ -14,7 +14,7 @@ from mrnn_jax.data.pipeline import (
     train_batch,
 )
 from mrnn_jax.data.records import ImageRecord
-from mrnn_jax.vocab import END_ID, PAD_ID, START_ID, Vocabulary
+from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, Vocabulary
 
 
 def _records(counts: list[int]) -> list[ImageRecord]:

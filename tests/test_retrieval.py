@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from mrnn_jax import metrics, retrieval
+from mrnn_jax import losses
+from mrnn_jax.evaluation import retrieval
 from mrnn_jax.model import make_model
 
 
@@ -39,11 +40,11 @@ def test_every_entry_equals_the_training_forward_pass():
     images = rng.normal(size=(5, 6)).astype(np.float32)
     scores = retrieval.score_matrix(model, params, tokens, images, sentence_tile=3, image_tile=2)
     assert scores.shape == (7, 5)
-    inputs, targets, mask = metrics.shift_tokens(tokens)
+    inputs, targets, mask = losses.shift_tokens(tokens)
     for i in range(5):
         repeated = np.repeat(images[i : i + 1], 7, axis=0)
         logits = model.apply(params, repeated, inputs)  # the training forward pass (eval mode)
-        expected = -np.asarray((metrics.token_nll(logits, targets) * mask).sum(-1))
+        expected = -np.asarray((losses.token_nll(logits, targets) * mask).sum(-1))
         # Another program (tiled grid vs. one batch): float32 sums of up to 7 log-probabilities
         # of magnitude ~25 round a few ulp (~2e-6 each) apart; a wrong token moves them > 0.1.
         np.testing.assert_allclose(scores[:, i], expected, rtol=1e-5, atol=1e-5)

@@ -21,7 +21,7 @@ from mrnn_jax.data.shapes import (
     ShapeObject,
 )
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.vocab import tokenize
+from mrnn_jax.text.vocab import tokenize
 
 # The closed vocabulary the captions may use, written out so that a new word fails a test.
 FUNCTION_WORDS = {

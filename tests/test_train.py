@@ -15,12 +15,14 @@ from tests.conftest import run_mrnn, run_python, subprocess_env
 
 MESH_SCRIPT = """
 import jax, numpy as np
-from mrnn_jax import configs, decode, evaluate, retrieval, sharding
+from mrnn_jax import configs, decode, sharding
+from mrnn_jax.evaluation import captioning
+from mrnn_jax.evaluation import retrieval
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable, train_batch
 from mrnn_jax.model import make_model
-from mrnn_jax.train import init_state, jit_train_step, make_optimizer, make_train_step
-from mrnn_jax.vocab import Vocabulary
+from mrnn_jax.training.loop import init_state, jit_train_step, make_optimizer, make_train_step
+from mrnn_jax.text.vocab import Vocabulary
 
 assert jax.device_count() == 8, jax.devices()
 config = configs.load_config("tiny", ["model.dropout_rate=0.0", "train.batch_size=40"])
@@ -50,7 +52,7 @@ for devices in (1, 2, 8):
     if devices == 1:
         reference = params  # beam search and retrieval: the same weights on every mesh
     placed = sharding.replicate(reference, mesh)
-    captions.append(evaluate.generate_captions(model, placed, test.inputs, vocab, beam, 8, mesh))
+    captions.append(captioning.generate_captions(model, placed, test.inputs, vocab, beam, 8, mesh))
     scores.append(retrieval.score_matrix(
         model, {"params": reference}, test_table.tokens, test.inputs, image_tile=8, mesh=mesh
     ))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.ptb_tokenizer import ptb_tokenize
-from mrnn_jax.vocab import (
+from mrnn_jax.text.ptb_tokenizer import ptb_tokenize
+from mrnn_jax.text.vocab import (
     END,
     END_ID,
     PAD,

@@ -99,7 +99,8 @@ def validate(config: ConfigDict) -> None:
     for key in ("batch_size", "max_decode_words"):
         if config.eval[key] < 1:
             raise MrnnError(f"eval.{key} must be positive, got {config.eval[key]}")
-    from mrnn_jax import evaluators, selection
+    from mrnn_jax.evaluation import evaluators
+    from mrnn_jax.training import selection
 
     selection.Selector.from_config(config.train)
     if "evaluators" in config:

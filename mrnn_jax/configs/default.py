@@ -144,8 +144,8 @@ def get_config() -> ConfigDict:
     c.train.select_by = "val/perplexity"
     c.train.select_mode = "auto"
 
-    # Evaluators run during training (mrnn_jax/evaluators.py), each logging its scalars as
-    # PREFIX/NAME to metrics.jsonl and TensorBoard. every: steps between runs, 0 = every
+    # Evaluators run during training (mrnn_jax/evaluation/evaluators.py), each logging its
+    # scalars as PREFIX/NAME to metrics.jsonl and TensorBoard. every: steps between runs, 0 = every
     # train.eval_every steps, -1 = never; each enabled one also runs at the last step.
     # num_images: the first N images of the split (0 = all).
     c.evaluators = ConfigDict()

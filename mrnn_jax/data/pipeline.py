@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from mrnn_jax.data.records import ImageRecord
-from mrnn_jax.vocab import PAD_ID, TOKENIZER, Vocabulary
+from mrnn_jax.text.vocab import PAD_ID, TOKENIZER, Vocabulary
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from mrnn_jax.vocab import tokenize
+from mrnn_jax.text.vocab import tokenize
 
 log = logging.getLogger("mrnn_jax")
 
@@ -23,7 +23,7 @@ class ImageRecord:
       image_id: a stable identifier, unique within the dataset (a file name for real data).
       split: ``train``, ``val``, ``test`` or another split name (``novel`` for ``shapes``).
       captions: the raw reference captions as the source gives them.
-      tokens: each caption tokenised with :func:`mrnn_jax.vocab.tokenize`, same order.
+      tokens: each caption tokenised with :func:`mrnn_jax.text.vocab.tokenize`, same order.
       file_path: where the image lies on disk, or ``None`` when pixels are held in memory
         (the built-in ``shapes`` dataset) or only precomputed features exist.
     """

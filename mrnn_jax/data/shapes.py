@@ -26,7 +26,7 @@ object ``I`` lies relative to object ``J`` (``{rel10}``, ``{rel20}``: the others
 the largest; ``{rel01}``, ``{rel02}``: the largest relative to the others).
 
 Captions are lower case words separated by single spaces, without punctuation, so
-``caption.split()`` equals :func:`mrnn_jax.vocab.tokenize` of the caption.
+``caption.split()`` equals :func:`mrnn_jax.text.vocab.tokenize` of the caption.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 
 from mrnn_jax.data.records import ImageRecord
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.vocab import tokenize
+from mrnn_jax.text.vocab import tokenize
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

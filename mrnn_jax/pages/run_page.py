@@ -472,8 +472,9 @@ def write_retrieval_html(
     """Write a self-contained HTML page of image–sentence retrieval results to ``path``.
 
     The page shows ``title``; a table with one row per direction of ``summary`` (as returned
-    by :func:`mrnn_jax.retrieval.retrieval_metrics`: ``{"image retrieval": {"R@1": ...}}``)
-    and the columns :data:`RETRIEVAL_COLUMNS` (missing values shown as "n/a"); the section
+    by :func:`mrnn_jax.evaluation.retrieval.retrieval_metrics`:
+    ``{"image retrieval": {"R@1": ...}}``) and the columns :data:`RETRIEVAL_COLUMNS` (missing
+    values shown as "n/a"); the section
     "Images for a sentence" with, for each of ``sentence_queries``, the sentence, its rank,
     the ground-truth image and the retrieved images with their scores; and the section
     "Sentences for an image" with, for each of ``image_queries``, the image, its rank, the

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from mrnn_jax.vocab import PAD_ID
+from mrnn_jax.text.vocab import PAD_ID
 
 
 def shift_tokens(tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

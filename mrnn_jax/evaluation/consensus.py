@@ -32,7 +32,7 @@ from ml_collections import ConfigDict
 
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN
-from mrnn_jax.ptb_tokenizer import ptb_tokenize
+from mrnn_jax.text.ptb_tokenizer import ptb_tokenize
 
 FEATURES = ("projection", "cnn")
 METRICS = ("CIDEr", "BLEU")

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from mrnn_jax import decode, metrics, sharding
+from mrnn_jax import decode, losses, sharding
 from mrnn_jax.data.pipeline import (
     EVAL_WIDTHS,
     CaptionTable,
@@ -27,16 +27,16 @@ from mrnn_jax.data.pipeline import (
     image_batches,
 )
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import Vocabulary
+from mrnn_jax.text.vocab import Vocabulary
 
 
 def make_eval_step(model: MRNN) -> Callable:
     """A pure ``eval_step(params, batch) -> {nll_sum, num_tokens}`` (not yet jitted)."""
 
     def eval_step(params, batch):
-        inputs, targets, mask = metrics.shift_tokens(batch["tokens"])
+        inputs, targets, mask = losses.shift_tokens(batch["tokens"])
         logits = model.apply({"params": params}, batch["image"], inputs)
-        return metrics.masked_nll_sums(logits, targets, mask)
+        return losses.masked_nll_sums(logits, targets, mask)
 
     return eval_step
 
@@ -76,7 +76,7 @@ def split_perplexity(
     nll_sum = float(sum(t["nll_sum"] for t in totals))
     num_tokens = float(sum(t["num_tokens"] for t in totals))
     return {
-        "perplexity": metrics.perplexity(nll_sum, num_tokens),
+        "perplexity": losses.perplexity(nll_sum, num_tokens),
         "nll_per_word": nll_sum / max(num_tokens, 1.0),
         "num_words": num_tokens,
     }
@@ -192,10 +192,10 @@ def evaluate_captioning(
     Pass ``perplexity`` when it is known already (it does not depend on the decoding; NaN
     leaves it out), ``metrics`` to score only some coco-caption metrics (default: all), and
     ``generated`` to score captions decoded elsewhere instead of decoding, and ``reranker``
-    (a :class:`mrnn_jax.consensus.ConsensusReranker`) to rerank each image's candidates (the
-    beam's n-best: ``options.num_return`` of them) before the best is scored.
+    (a :class:`mrnn_jax.evaluation.consensus.ConsensusReranker`) to rerank each image's
+    candidates (the beam's n-best: ``options.num_return`` of them) before the best is scored.
     """
-    from mrnn_jax import caption_metrics
+    from mrnn_jax.evaluation import coco_metrics
 
     if perplexity is None:
         table = CaptionTable.build_uncut(data.records, vocab, max_words)
@@ -215,10 +215,10 @@ def evaluate_captioning(
     }
     references = {record.image_id: list(record.captions) for record in data.records}
     if metrics is not None and not metrics:  # nothing to score: no scorer needed
-        scores = caption_metrics.CaptionScores(per_image={})
+        scores = coco_metrics.CaptionScores(per_image={})
     else:
-        scores = caption_metrics.score_captions(
-            hypotheses, references, caption_metrics.METRICS if metrics is None else metrics
+        scores = coco_metrics.score_captions(
+            hypotheses, references, coco_metrics.METRICS if metrics is None else metrics
         )
     values: dict[str, float | None] = {}
     if not math.isnan(perplexity):

@@ -2,7 +2,7 @@
 
 The scores come from the toolkit's own scorers (``pycocoevalcap``, the pip package of
 coco-caption; install the ``eval`` extra). Nothing is re-implemented here except the
-tokeniser, :func:`mrnn_jax.ptb_tokenizer.ptb_tokenize`, a pure-Python copy of what
+tokeniser, :func:`mrnn_jax.text.ptb_tokenizer.ptb_tokenize`, a pure-Python copy of what
 coco-caption's ``PTBTokenizer`` does, so that captions are scored without a JVM for it.
 
 * BLEU-n (``pycocoevalcap.bleu.Bleu(4)``): corpus-level BLEU, as on the COCO server: n-gram
@@ -52,7 +52,7 @@ from typing import Any
 
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.files import write_text_atomic
-from mrnn_jax.ptb_tokenizer import ptb_tokenize
+from mrnn_jax.text.ptb_tokenizer import ptb_tokenize
 
 # --------------------------------------------------------------------------------------
 # Scoring

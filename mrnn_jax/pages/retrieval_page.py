@@ -10,12 +10,14 @@ import time
 
 import numpy as np
 
-from mrnn_jax import report, retrieval, sharding
+from mrnn_jax import sharding
 from mrnn_jax.captioner import Captioner
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import retrieval
 from mrnn_jax.files import write_json_atomic, write_text_atomic
+from mrnn_jax.pages import run_page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _write_page(
         correct = table.image_index == image
         rank = int(image_ranks[image])
         image_queries.append(
-            report.ImageQuery(
+            run_page.ImageQuery(
                 image_id=records[image].image_id,
                 rank=rank,
                 retrieved=[
@@ -163,12 +165,12 @@ def _write_page(
         truth = int(table.image_index[sentence])
         ranked = np.argsort(-scores[sentence], kind="stable")
         sentence_queries.append(
-            report.SentenceQuery(
+            run_page.SentenceQuery(
                 sentence=" ".join(model.vocab.decode(table.tokens[sentence])),
                 truth_image_id=records[truth].image_id,
                 rank=int(sentence_ranks[sentence]),
                 retrieved=[
-                    report.RetrievedImage(
+                    run_page.RetrievedImage(
                         image_id=records[i].image_id,
                         score=float(scores[sentence, i]),
                         correct=bool(i == truth),
@@ -180,7 +182,7 @@ def _write_page(
                 truth_image=inputs[truth] if pixels else None,
             )
         )
-    report.write_retrieval_html(
+    run_page.write_retrieval_html(
         path,
         title="m-RNN image-sentence retrieval",
         summary=results,

@@ -31,11 +31,12 @@ from collections.abc import Callable, Iterable, Mapping
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from mrnn_jax import decode, evaluate, retrieval
+from mrnn_jax import decode
 from mrnn_jax.data.pipeline import CaptionTable, SplitData
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import captioning, retrieval
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import Vocabulary
+from mrnn_jax.text.vocab import Vocabulary
 
 KINDS = ("perplexity", "captions", "retrieval")
 
@@ -177,14 +178,14 @@ def _perplexity(model, vocab, data, max_words, batch_size, mesh) -> Callable:
     table = CaptionTable.build_uncut(data.records, vocab, max_words)
 
     def run(params: dict) -> dict[str, float]:
-        return evaluate.split_perplexity(model, params, table, data.inputs, batch_size, mesh)
+        return captioning.split_perplexity(model, params, table, data.inputs, batch_size, mesh)
 
     return run
 
 
 def _captions(model, vocab, data, options, metrics, max_words, batch_size, mesh) -> Callable:
     def run(params: dict) -> dict[str, float]:
-        result = evaluate.evaluate_captioning(
+        result = captioning.evaluate_captioning(
             model,
             params,
             data,

@@ -1,7 +1,7 @@
 """Caption tokenizer and word vocabulary.
 
 One tokenizer for training and scoring: :func:`tokenize` is coco-caption's PTB tokenisation
-(:func:`mrnn_jax.ptb_tokenizer.ptb_tokenize`, the Stanford PTB tokenizer followed by the
+(:func:`mrnn_jax.text.ptb_tokenizer.ptb_tokenize`, the Stanford PTB tokenizer followed by the
 removal of coco-caption's punctuation tokens), split into words. The vocabulary is built from
 exactly the tokens the scorers see in the references, so the model can produce every
 reference word: ``p.m.`` stays ``p.m.``, ``$``, ``&``, ``%`` and ``#`` are words, brackets
@@ -30,7 +30,7 @@ import numpy as np
 
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.files import write_text_atomic
-from mrnn_jax.ptb_tokenizer import ptb_tokenize
+from mrnn_jax.text.ptb_tokenizer import ptb_tokenize
 
 PAD = "<pad>"
 START = "<start>"

@@ -23,22 +23,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from mrnn_jax import (
-    checkpoint,
-    configs,
-    decode,
-    distributed,
-    evaluate,
-    evaluators,
-    files,
-    interrupt,
-    metrics,
-    nonfinite,
-    report,
-    sharding,
-)
-from mrnn_jax import metrics_log as metrics_log_lib
-from mrnn_jax import workdir as workdir_lock
+from mrnn_jax import configs, decode, distributed, files, losses, sharding
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
 from mrnn_jax.data.pipeline import (
@@ -50,13 +35,18 @@ from mrnn_jax.data.pipeline import (
     train_batch,
 )
 from mrnn_jax.data.records import ImageRecord
-from mrnn_jax.early_stopping import BestSoFar
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import captioning, evaluators
 from mrnn_jax.model import MRNN, make_model
-from mrnn_jax.selection import Selector
-from mrnn_jax.summary import TensorBoardLog
-from mrnn_jax.vocab import Vocabulary
+from mrnn_jax.pages import run_page
+from mrnn_jax.text.vocab import Vocabulary
+from mrnn_jax.training import checkpoints, nonfinite, signals
+from mrnn_jax.training import lock as workdir_lock
+from mrnn_jax.training import metrics_log as metrics_log_lib
+from mrnn_jax.training.early_stopping import BestSoFar
+from mrnn_jax.training.selection import Selector
+from mrnn_jax.training.tensorboard import TensorBoardLog
 
 log = logging.getLogger("mrnn_jax")
 RESULTS_FILE = "results.json"
@@ -161,7 +151,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         dropout_rng = jax.random.fold_in(state.rng, state.step)
-        inputs, targets, mask = metrics.shift_tokens(batch["tokens"])
+        inputs, targets, mask = losses.shift_tokens(batch["tokens"])
 
         def loss_fn(params):
             logits = model.apply(
@@ -171,9 +161,9 @@ def make_train_step(
                 train=True,
                 rngs={"dropout": dropout_rng},
             )
-            sums = metrics.masked_nll_sums(logits, targets, mask)
+            sums = losses.masked_nll_sums(logits, targets, mask)
             nll = sums["nll_sum"] / jnp.maximum(sums["num_tokens"], 1.0)
-            l2 = metrics.l2_penalty(params, l2_skip)
+            l2 = losses.l2_penalty(params, l2_skip)
             return nll + l2_weight * l2, (sums, l2)
 
         (loss, (sums, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -181,7 +171,7 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # The non-finite guard: a NaN or Inf loss or gradient leaves parameters and optimiser
-        # state as they were (see mrnn_jax.nonfinite for what the run then does).
+        # state as they were (see mrnn_jax.training.nonfinite for what the run then does).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
@@ -304,7 +294,7 @@ def train_and_evaluate(
     checkpoint that is best by ``train.select_by``. Returns the final evaluation of that
     checkpoint (per split: perplexity and caption metrics; what it was selected by), also
     written to ``workdir/results.json``; the run's curves go to TensorBoard event files and
-    ``workdir/report.html``.
+    ``workdir/run_page.html``.
     """
     started = time.time()
     # Resolved once, here: orbax, the lock, the logs and the final evaluation's reader all
@@ -355,9 +345,9 @@ def train_and_evaluate(
     # then SIGINT / SIGTERM save before they stop the run.
     with (
         workdir_lock.locked(workdir, enabled=distributed.is_primary()),
-        interrupt.handle_signals() as stop,
+        signals.handle_signals() as stop,
     ):
-        ckpts = checkpoint.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
+        ckpts = checkpoints.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
         tensorboard = TensorBoardLog(workdir, enabled=distributed.is_primary())
         try:
             results = _train_and_evaluate(
@@ -386,17 +376,17 @@ def _train_and_evaluate(
     config: ConfigDict,
     workdir: str,
     mesh: Mesh,
-    ckpts: checkpoint.RunCheckpoints,
+    ckpts: checkpoints.RunCheckpoints,
     dataset: Dataset,
     encoder_params: Any,
     progress: bool,
     started: float,
     selector: Selector,
     tensorboard: TensorBoardLog,
-    stop: interrupt.StopRequest | None = None,
+    stop: signals.StopRequest | None = None,
 ) -> dict:
     """The run after the checks: resume or start, train, evaluate (see train_and_evaluate)."""
-    stop = stop or interrupt.StopRequest()
+    stop = stop or signals.StopRequest()
     tc = config.train
     latest = ckpts.latest_step()
     config_json = configs.to_json(config)
@@ -535,7 +525,7 @@ def _train_and_evaluate(
         bar.update(1)
         last = step == tc.num_steps
         pending.append(step_metrics["finite"])
-        stopping = interrupt.agreed(stop, step % tc.log_every == 0)
+        stopping = signals.agreed(stop, step % tc.log_every == 0)
         every = (tc.log_every, tc.eval_every, tc.checkpoint_every)
         if last or stopping or any(step % n == 0 for n in every):
             # The host is about to read the state: first the non-finite guard.
@@ -595,8 +585,8 @@ def _train_and_evaluate(
             last_saved = step
         if stopping:
             bar.close()
-            saved = os.path.join(workdir, checkpoint.LATEST_DIR, str(last_saved))
-            raise interrupt.Interrupted(
+            saved = os.path.join(workdir, checkpoints.LATEST_DIR, str(last_saved))
+            raise signals.Interrupted(
                 stop.signum,
                 f"stopped by {stop.name()} after step {step}; "
                 + (f"checkpoint in {saved}" if last_saved is not None else "no checkpoint yet")
@@ -608,18 +598,18 @@ def _train_and_evaluate(
     stop.defer(False)  # nothing left to save: a signal stops the final evaluation at once
     bar.close()
     if stop.requested:  # came during the last step's evaluation or save, after the check
-        raise interrupt.Interrupted(
+        raise signals.Interrupted(
             stop.signum,
             f"stopped by {stop.name()} after step {step}; checkpoint in "
-            f"{os.path.join(workdir, checkpoint.LATEST_DIR, str(last_saved))}; run the same "
+            f"{os.path.join(workdir, checkpoints.LATEST_DIR, str(last_saved))}; run the same "
             "command to finish the final evaluation",
         )
 
     # Final evaluation, on the best checkpoint.
-    best_dir, best_step = checkpoint.find_checkpoint(workdir, "best")
-    if not best_dir.endswith(checkpoint.BEST_DIR):
+    best_dir, best_step = checkpoints.find_checkpoint(workdir, "best")
+    if not best_dir.endswith(checkpoints.BEST_DIR):
         log.warning("no finite %s: evaluating the latest checkpoint", selector.metric)
-    params = checkpoint.restore_params(best_dir, best_step, _abstract(state.params))
+    params = checkpoints.restore_params(best_dir, best_step, _abstract(state.params))
     results = {
         "best_step": best_step,
         "selected_by": {**selector.describe(), "value": _json_number(best_value)},
@@ -631,7 +621,7 @@ def _train_and_evaluate(
     }
     options = decode.DecodeOptions(strategy="greedy", max_words=config.eval.max_decode_words)
     for split in config.eval.splits:
-        result = evaluate.evaluate_captioning(
+        result = captioning.evaluate_captioning(
             model,
             params,
             splits[split],
@@ -657,7 +647,7 @@ def _train_and_evaluate(
     results["wall_time_seconds"] = time.time() - started
     if primary:
         # results.json last: its presence means the run has finished (see _finished).
-        report.write_run_report(workdir, results)
+        run_page.write_run_report(workdir, results)
         files.write_json_atomic(results_path, results)
     return results
 
@@ -712,7 +702,7 @@ def _complete_finished_run(
     config: ConfigDict,
 ) -> None:
     """Puts back what a finished run promises and has lost: ``metrics.jsonl``'s rows (from
-    the last checkpoint's copy and the final evaluation in ``results``) and ``report.html``."""
+    the last checkpoint's copy and the final evaluation in ``results``) and ``run_page.html``."""
     if not distributed.is_primary():
         return
     saved = meta.get("metrics_log")
@@ -730,9 +720,9 @@ def _complete_finished_run(
             if values is not None
         ]
         metrics_log.restore([*saved, *final])
-    if not os.path.exists(os.path.join(workdir, report.RUN_REPORT)):
+    if not os.path.exists(os.path.join(workdir, run_page.RUN_REPORT)):
         log.info("%s: writing the missing report", workdir)
-        report.write_run_report(workdir, results)
+        run_page.write_run_report(workdir, results)
 
 
 def _step_flags(flags: list, step: int) -> list[tuple[int, bool]]:
@@ -840,7 +830,7 @@ def _summarise(window: list[dict], seconds: float) -> dict:
     tokens = sum(float(m["num_tokens"]) for m in window)
     return {
         "loss": float(np.mean([m["loss"] for m in window])),
-        "perplexity": metrics.perplexity(nll, tokens),
+        "perplexity": losses.perplexity(nll, tokens),
         "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
         "tokens_per_second": tokens / max(seconds, 1e-9),
     }

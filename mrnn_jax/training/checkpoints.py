@@ -505,7 +505,7 @@ def find_checkpoint(path: str, which: str = "best") -> tuple[str, int]:
     ``path`` is a work directory (``which`` = "best" or "latest"), a ``checkpoints/`` or
     ``best/`` directory (its newest step), or one step's directory.
     """
-    from mrnn_jax import workdir as workdir_lock
+    from mrnn_jax.training import lock as workdir_lock
 
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(path):

@@ -23,15 +23,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from mrnn_jax import metrics, sharding
+from mrnn_jax import losses, sharding
 from mrnn_jax.data.pipeline import EVAL_WIDTHS, bucket_widths
 from mrnn_jax.model import MRNN
-from mrnn_jax.vocab import PAD_ID
+from mrnn_jax.text.vocab import PAD_ID
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _sentence_part(model: MRNN, params: dict, tokens: jax.Array):
-    inputs, targets, mask = metrics.shift_tokens(tokens)
+    inputs, targets, mask = losses.shift_tokens(tokens)
     w, r = model.apply(params, inputs, method=MRNN.words)
     return model.apply(params, w, r, method=MRNN.multimodal_words), targets, mask
 
@@ -50,7 +50,7 @@ def _tile_scores(model, params, words_part, targets, mask, image_projection) -> 
         image_projection[None, :, None],
         method=MRNN.multimodal_output,
     )  # [s, i, T, V]: the multimodal head, split where the image enters
-    nll = metrics.token_nll(logits, jnp.broadcast_to(targets[:, None], logits.shape[:-1]))
+    nll = losses.token_nll(logits, jnp.broadcast_to(targets[:, None], logits.shape[:-1]))
     return -jnp.sum(nll * mask[:, None], axis=-1)
 
 

@@ -1,0 +1,2 @@
+"""Evaluation: the evaluators the training loop runs, split evaluation, coco-caption metrics,
+retrieval, consensus reranking."""

@@ -1,0 +1,1 @@
+"""Pages: the HTML pages of a run, its captions and its retrieval results."""

@@ -1,0 +1,1 @@
+"""Text: the vocabulary and the PTB tokenizer."""
