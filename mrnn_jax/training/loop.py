@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from mrnn_jax import configs, decode, distributed, files, losses, sharding
+from mrnn_jax import configs, distributed, files, losses, sharding
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
 from mrnn_jax.data.pipeline import (
@@ -37,7 +37,8 @@ from mrnn_jax.data.pipeline import (
 from mrnn_jax.data.records import ImageRecord
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.evaluation import captioning, evaluators
+from mrnn_jax.evaluation import evaluators
+from mrnn_jax.evaluation.final import final_evaluation
 from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.pages import run_page
 from mrnn_jax.text.vocab import Vocabulary
@@ -619,27 +620,9 @@ def _train_and_evaluate(
         "data": dataset.summary(),  # again: images found broken while training count too
         "splits": {},
     }
-    options = decode.DecodeOptions(strategy="greedy", max_words=config.eval.max_decode_words)
-    for split in config.eval.splits:
-        result = captioning.evaluate_captioning(
-            model,
-            params,
-            splits[split],
-            vocab,
-            options,
-            max_words=max_words,
-            batch_size=config.eval.batch_size,
-            mesh=mesh,
-            metrics=tuple(config.eval.metrics),
-        )
-        values = {"num_images": len(result.image_ids), **result.metrics}
+    for split, values, examples in final_evaluation(config, model, params, vocab, splits, mesh):
         results["splits"][split] = values
-        results.setdefault("examples", {})[split] = [
-            {"image_id": i, "caption": c[0][0] if c else "", "references": r}
-            for i, c, r in zip(
-                result.image_ids[:10], result.captions[:10], result.references[:10], strict=True
-            )
-        ]
+        results.setdefault("examples", {})[split] = examples
         finite = {k: v for k, v in values.items() if v is not None}
         metrics_log.write(best_step, split, finite)
         tensorboard.write(best_step, split, finite)
