@@ -36,7 +36,7 @@ from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.evaluation import captioning, coco_metrics
 from mrnn_jax.files import write_json_atomic, write_text_atomic
-from mrnn_jax.pages import run_page
+from mrnn_jax.pages import captions_page
 
 COLUMNS = ("perplexity", *coco_metrics.SCORE_NAMES, "largest object named")
 
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             for name in results
         ]
         items.append(
-            run_page.ReportItem(
+            captions_page.ReportItem(
                 image_id=shown.image_ids[i],
                 captions=captions,
                 references=shown.references[i],
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                 image_path=None if model.takes_pixels else data.records[i].file_path,
             )
         )
-    run_page.write_html(
+    captions_page.write_html(
         os.path.join(args.out, f"captioning_{args.split}.html"),
         items,
         title=f"m-RNN captions: {args.split} split ({scored_by} scores)",

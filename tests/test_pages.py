@@ -19,13 +19,12 @@ import pytest
 from PIL import Image
 
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.pages import run_page
-from mrnn_jax.pages.run_page import (
+from mrnn_jax.pages import captions_page, common, retrieval_page
+from mrnn_jax.pages.captions_page import ReportItem, write_html
+from mrnn_jax.pages.retrieval_page import (
     ImageQuery,
-    ReportItem,
     RetrievedImage,
     SentenceQuery,
-    write_html,
     write_retrieval_html,
 )
 
@@ -110,7 +109,7 @@ def _decode_data_uri(src: str) -> np.ndarray:
         return np.asarray(im)
 
 
-def _write(tmp_path: Path, items, name: str = "run_page.html", **kwargs) -> tuple[Path, Element]:
+def _write(tmp_path: Path, items, name: str = "captions.html", **kwargs) -> tuple[Path, Element]:
     path = tmp_path / name
     kwargs.setdefault("title", "Results")
     write_html(str(path), items, **kwargs)
@@ -176,7 +175,7 @@ def test_embedded_images_decode_to_the_original_pixels(tmp_path: Path) -> None:
     for img, original in zip(thumbs, images, strict=True):
         np.testing.assert_array_equal(_decode_data_uri(img.attrs["src"]), original)
         assert "pixelated" in img.classes  # small images are scaled up without blurring
-        assert img.attrs["width"] == str(run_page.THUMB_WIDTH)
+        assert img.attrs["width"] == str(captions_page.THUMB_WIDTH)
         assert img.attrs["alt"]
 
 
@@ -187,9 +186,13 @@ def test_grey_and_large_images(tmp_path: Path) -> None:
     _, root = _write(tmp_path, items)
     g, big = root.find_all("img", cls="thumb")
     np.testing.assert_array_equal(_decode_data_uri(g.attrs["src"]), grey)
-    assert g.attrs["height"] == str(run_page.THUMB_WIDTH // 2)
+    assert g.attrs["height"] == str(captions_page.THUMB_WIDTH // 2)
     shrunk = _decode_data_uri(big.attrs["src"])  # kept small: the page embeds every image
-    assert shrunk.shape == (run_page.MAX_EMBEDDED_SIDE // 4, run_page.MAX_EMBEDDED_SIDE, 3)
+    assert shrunk.shape == (
+        captions_page.MAX_EMBEDDED_SIDE // 4,
+        captions_page.MAX_EMBEDDED_SIDE,
+        3,
+    )
     assert "pixelated" not in big.classes
 
 
@@ -220,7 +223,7 @@ def test_image_paths_are_relative_to_the_page(tmp_path: Path, monkeypatch) -> No
         ReportItem("missing", [], [], image_path=str(tmp_path / "pages" / "gone.png")),
         ReportItem("none", [], []),
     ]
-    page = tmp_path / "pages" / "sub" / "run_page.html"  # parent folders are created
+    page = tmp_path / "pages" / "sub" / "captions.html"  # parent folders are created
     write_html(str(page), items, title="t")
     root = parse(page)
     cards = root.find_all(cls="item")
@@ -230,7 +233,7 @@ def test_image_paths_are_relative_to_the_page(tmp_path: Path, monkeypatch) -> No
     resolved = (page.parent / urllib.parse.unquote(srcs[0])).resolve()
     assert resolved == (image_dir / "a b#1.png").resolve()
     first = cards[0].find_all("img")[0]
-    assert "pixelated" in first.classes and first.attrs["height"] == str(run_page.THUMB_WIDTH)
+    assert "pixelated" in first.classes and first.attrs["height"] == str(captions_page.THUMB_WIDTH)
     assert "width" not in cards[2].find_all("img")[0].attrs  # unreadable: no size known
     assert cards[3].find_all("img") == [] and cards[3].find_all(cls="no-image")
 
@@ -267,7 +270,7 @@ def test_page_is_offline_and_has_the_sort_control(tmp_path: Path) -> None:
     assert all(i.attrs["src"].startswith("data:") for i in root.find_all("img"))
     (select,) = root.find_all("select")
     options = select.find_all("option")
-    assert [o.attrs["value"] for o in options] == list(run_page.SORT_ORDERS)
+    assert [o.attrs["value"] for o in options] == list(captions_page.SORT_ORDERS)
     assert "CIDEr-D" in options[1].text()
     (script,) = root.find_all("script")
     assert "sort-order" in script.text() and "addEventListener" in script.text()
@@ -340,8 +343,8 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
     def broken_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(run_page.os, "fsync", broken_fsync)
-    target = tmp_path / "run_page.html"
+    monkeypatch.setattr(captions_page.os, "fsync", broken_fsync)
+    target = tmp_path / "captions.html"
     with pytest.raises(MrnnError, match="No space left"):
         write_html(str(target), [ReportItem(1, [("c", -1.0)], ["r"])], title="t")
     assert not target.exists()
@@ -349,22 +352,22 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_failed_replace_keeps_the_old_page(tmp_path: Path, monkeypatch) -> None:
-    target = tmp_path / "run_page.html"
+    target = tmp_path / "captions.html"
     write_html(target, [ReportItem("old", [], [])], title="old")
     old = target.read_bytes()
 
     def broken_replace(src, dst) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_page.os, "replace", broken_replace)
+    monkeypatch.setattr(captions_page.os, "replace", broken_replace)
     with pytest.raises(KeyboardInterrupt):
         write_html(target, [ReportItem("new", [], [])], title="new")
     assert target.read_bytes() == old
-    assert os.listdir(tmp_path) == ["run_page.html"]
+    assert os.listdir(tmp_path) == ["captions.html"]
 
 
 def test_overwrites_and_is_readable(tmp_path: Path) -> None:
-    target = tmp_path / "run_page.html"
+    target = tmp_path / "captions.html"
     write_html(target, [ReportItem("old", [], [])], title="old")
     write_html(target, [ReportItem("new", [], [])], title="new")
     assert [c.attrs["data-image-id"] for c in parse(target).find_all(cls="item")] == ["new"]
@@ -538,7 +541,7 @@ def test_retrieval_thumbnails_decode_to_the_pixels(tmp_path: Path, monkeypatch) 
     for li, expected in zip(hits[:3], [hit, miss, grey], strict=True):
         (img,) = li.find_all("img", cls="thumb")
         np.testing.assert_array_equal(_decode_data_uri(img.attrs["src"]), expected)
-        assert img.attrs["width"] == str(run_page.THUMB_WIDTH) and "pixelated" in img.classes
+        assert img.attrs["width"] == str(common.THUMB_WIDTH) and "pixelated" in img.classes
     assert hits[3].find_all("img")[0].attrs["src"] == "../images/f%201.png"
     assert hits[4].find_all("img") == [] and hits[4].find_all(cls="no-image")
     assert second.find_all("img")[0].attrs["src"] == "../images/f%201.png"
@@ -563,7 +566,7 @@ def test_retrieval_summary_table(tmp_path: Path) -> None:
     _, root = _write_retrieval(tmp_path, summary=summary)
     (table,) = root.find_all("table", cls="summary")
     header = [th.text() for th in table.find_all("thead")[0].find_all("th")]
-    assert header == ["direction", *run_page.RETRIEVAL_COLUMNS, "R@50"]
+    assert header == ["direction", *retrieval_page.RETRIEVAL_COLUMNS, "R@50"]
     rows = {
         r.find_all("th")[0].text(): [td.text() for td in r.find_all("td")]
         for r in table.find_all("tbody")[0].find_all("tr")
@@ -575,7 +578,7 @@ def test_retrieval_summary_table(tmp_path: Path) -> None:
         "sentence retrieval (raw)": ["n/a", "n/a", "n/a", "n/a", "n/a", "75.0"],
     }
     cells = table.find_all("tbody")[0].find_all("tr")[0].find_all("td")
-    assert [c.attrs["data-metric"] for c in cells] == [*run_page.RETRIEVAL_COLUMNS, "R@50"]
+    assert [c.attrs["data-metric"] for c in cells] == [*retrieval_page.RETRIEVAL_COLUMNS, "R@50"]
     assert float(cells[0].attrs["data-value"]) == 100 / 3  # exact
     for empty in (None, {}):
         _, root = _write_retrieval(tmp_path, summary=empty, name="empty.html")
@@ -640,7 +643,7 @@ def test_retrieval_write_is_atomic(tmp_path: Path, monkeypatch) -> None:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(run_page.os, "fsync", broken_fsync)
+        patch.setattr(retrieval_page.os, "fsync", broken_fsync)
         with pytest.raises(MrnnError, match="No space left"):
             _write_retrieval(tmp_path, sentence_queries=[query])
     assert list(tmp_path.iterdir()) == []  # neither the page nor a temporary file
@@ -651,7 +654,7 @@ def test_retrieval_write_is_atomic(tmp_path: Path, monkeypatch) -> None:
     def broken_replace(src, dst) -> None:
         raise OSError(13, "Permission denied")
 
-    monkeypatch.setattr(run_page.os, "replace", broken_replace)
+    monkeypatch.setattr(retrieval_page.os, "replace", broken_replace)
     with pytest.raises(MrnnError, match="Permission denied"):
         _write_retrieval(tmp_path, sentence_queries=[query, query], title="new")
     assert target.read_bytes() == old
