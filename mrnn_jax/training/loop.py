@@ -295,7 +295,7 @@ def train_and_evaluate(
     checkpoint that is best by ``train.select_by``. Returns the final evaluation of that
     checkpoint (per split: perplexity and caption metrics; what it was selected by), also
     written to ``workdir/results.json``; the run's curves go to TensorBoard event files and
-    ``workdir/run_page.html``.
+    ``workdir/report.html``.
     """
     started = time.time()
     # Resolved once, here: orbax, the lock, the logs and the final evaluation's reader all
@@ -685,7 +685,7 @@ def _complete_finished_run(
     config: ConfigDict,
 ) -> None:
     """Puts back what a finished run promises and has lost: ``metrics.jsonl``'s rows (from
-    the last checkpoint's copy and the final evaluation in ``results``) and ``run_page.html``."""
+    the last checkpoint's copy and the final evaluation in ``results``) and ``report.html``."""
     if not distributed.is_primary():
         return
     saved = meta.get("metrics_log")
