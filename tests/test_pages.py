@@ -1,5 +1,5 @@
-"""Tests for the HTML results pages (captioning and retrieval): structure, escaping, images,
-summary, sorting, atomicity."""
+"""Tests for the HTML pages (mrnn_jax/pages: captions, retrieval, the training run's page):
+structure, escaping, images, summary, sorting, atomicity."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.pages import captions_page, common, retrieval_page
+from mrnn_jax.pages import captions_page, common, retrieval_page, run_page
 from mrnn_jax.pages.captions_page import ReportItem, write_html
 from mrnn_jax.pages.retrieval_page import (
     ImageQuery,
@@ -660,3 +660,36 @@ def test_retrieval_write_is_atomic(tmp_path: Path, monkeypatch) -> None:
     assert target.read_bytes() == old
     assert os.listdir(tmp_path) == ["retrieval.html"]
     assert target.stat().st_mode & 0o044 == 0o044
+
+
+# --- the training run's page -------------------------------------------------------------
+
+
+def test_run_page_is_escaped_and_well_formed(tmp_path: Path) -> None:
+    nasty = "a <script>alert(1)</script> & \"quoted\" 'x' </td>"
+    workdir = tmp_path / "run <b>"
+    workdir.mkdir()
+    results = {
+        "best_step": 20,
+        "selected_by": {"metric": "val/<i>", "mode": "max", "value": 0.5},
+        "splits": {"val <b>": {"perplexity": 9.87, "<x>": "<i>"}},
+        "examples": {
+            "val <b>": [{"image_id": "<1>", "caption": nasty, "references": [nasty, "r"]}]
+        },
+    }
+    path = Path(run_page.write_run_report(workdir, results))
+    assert path == workdir / run_page.RUN_REPORT
+    root = parse(path)
+    assert root.find_all("script") == [] and root.find_all("i") == []
+    assert root.find_all("h1")[0].text() == "m-RNN training run: run <b>"
+    best, selected = root.find_all("b")  # the page's own two: nothing from the values
+    assert best.attrs["data-best-step"] == best.text() == "20"
+    assert selected.attrs["data-selected-by"] == selected.text() == "val/<i>"
+    (table,) = root.find_all("table", cls="results")
+    assert [th.text() for th in table.find_all("th")] == ["split", "perplexity", "<x>", "val <b>"]
+    assert [td.text() for td in table.find_all("td")] == ["9.8700", "<i>"]
+    (examples,) = root.find_all("table", cls="examples")
+    cells = examples.find_all("tr")[1].find_all("td")
+    assert [c.text() for c in cells] == ["<1>", nasty, nasty + "r"]
+    assert len(cells[2].find_all("br")) == 1
+    assert "&lt;script&gt;" in path.read_text(encoding="utf-8")
