@@ -39,7 +39,7 @@ from mrnn_jax.evaluation import retrieval
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.model import make_model
-from mrnn_jax.training.loop import build_vocab
+from mrnn_jax.text.vocab import build_vocab
 data, sentences, images = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 config = configs.load_config("flickr8k", [f"dataset.data_dir={data}",
     f"dataset.features={data}/features.npz", "encoder.features_dim=1280"])

@@ -28,7 +28,7 @@ from mrnn_jax.data.pipeline import CaptionTable, train_batch
 from mrnn_jax.files import write_json_atomic
 from mrnn_jax.model import make_model
 from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID
-from mrnn_jax.training.loop import init_state, jit_train_step, make_optimizer, make_train_step
+from mrnn_jax.training.step import init_state, jit_train_step, make_optimizer, make_train_step
 
 
 def features_file(cache_dir: str, images: int, dim: int) -> str:

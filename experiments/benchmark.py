@@ -37,7 +37,7 @@ from mrnn_jax.evaluation import retrieval
 from mrnn_jax.files import write_json_atomic, write_text_atomic
 from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.text.vocab import END_ID, START_ID, UNK_ID
-from mrnn_jax.training.loop import init_state, jit_train_step, make_optimizer, make_train_step
+from mrnn_jax.training.step import init_state, jit_train_step, make_optimizer, make_train_step
 
 PARTS = ("train", "decode", "retrieval", "encoders")
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from mrnn_jax import configs, decode, losses
+from mrnn_jax import checkpoint_reader, configs, decode, losses
 from mrnn_jax.encoders import takes_pixels
 from mrnn_jax.encoders.extractor import FeatureExtractor, from_provenance
 from mrnn_jax.errors import MrnnError
@@ -18,7 +18,6 @@ from mrnn_jax.evaluation import captioning
 from mrnn_jax.images import load_images
 from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.text.vocab import Vocabulary
-from mrnn_jax.training import checkpoints
 
 
 @dataclasses.dataclass
@@ -183,7 +182,7 @@ def load(
     they were extracted with, checked against the SHA-256 their provenance records) lets the
     captioner read image files.
     """
-    return checkpoints.read_newest(
+    return checkpoint_reader.read_newest(
         os.fspath(path),
         which,
         lambda directory, step: _load_step(directory, step, compute_dtype, encoder_weights),
@@ -198,11 +197,11 @@ def _load_step(
 ) -> Captioner:
     """The :class:`Captioner` of the checkpoint ``directory/<step>`` (see :func:`load`)."""
     path = os.path.join(directory, str(step))
-    config = configs.from_json(checkpoints.read_json_item(directory, step, "config"))
+    config = configs.from_json(checkpoint_reader.read_json_item(directory, step, "config"))
     if compute_dtype is not None:
         configs.apply_overrides(config, [f"model.compute_dtype={compute_dtype}"])
         configs.validate(config)
-    vocab = Vocabulary.from_json(checkpoints.read_json_item(directory, step, "vocab"))
+    vocab = Vocabulary.from_json(checkpoint_reader.read_json_item(directory, step, "vocab"))
     model = make_model(config.model, config.encoder, len(vocab))
     image_shape = (
         (1, config.encoder.image_size, config.encoder.image_size, 3)
@@ -217,11 +216,13 @@ def _load_step(
             np.zeros((1, 2), np.int32),
         )["params"]
     )
-    params = checkpoints.restore_params(directory, step, abstract)
+    params = checkpoint_reader.restore_params(directory, step, abstract)
     features = None
     if not takes_pixels(config.encoder):
         features = (
-            checkpoints.read_json_item(directory, step, "meta").get("data", {}).get("features")
+            checkpoint_reader.read_json_item(directory, step, "meta")
+            .get("data", {})
+            .get("features")
         )
     extractor = None
     if encoder_weights is not None:

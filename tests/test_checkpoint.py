@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import mrnn_jax
+from mrnn_jax import checkpoint_reader
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.training import checkpoints
 from tests.conftest import run_python
@@ -57,8 +58,8 @@ def test_fresh_process_restores_a_trained_run_and_captions(tiny_run, tmp_path):
 
 
 def test_best_and_latest_are_distinct_choices(tiny_run):
-    best_dir, best_step = checkpoints.find_checkpoint(tiny_run, "best")
-    latest_dir, latest_step = checkpoints.find_checkpoint(tiny_run, "latest")
+    best_dir, best_step = checkpoint_reader.find_checkpoint(tiny_run, "best")
+    latest_dir, latest_step = checkpoint_reader.find_checkpoint(tiny_run, "latest")
     assert best_dir.endswith("best") and latest_dir.endswith("checkpoints")
     with open(os.path.join(tiny_run, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
@@ -69,10 +70,10 @@ def test_best_and_latest_are_distinct_choices(tiny_run):
 
 
 def test_checkpoint_holds_config_and_vocabulary(tiny_run):
-    directory, step = checkpoints.find_checkpoint(tiny_run, "best")
-    config = checkpoints.read_json_item(directory, step, "config")
-    vocab = checkpoints.read_json_item(directory, step, "vocab")
-    meta = checkpoints.read_json_item(directory, step, "meta")
+    directory, step = checkpoint_reader.find_checkpoint(tiny_run, "best")
+    config = checkpoint_reader.read_json_item(directory, step, "config")
+    vocab = checkpoint_reader.read_json_item(directory, step, "vocab")
+    meta = checkpoint_reader.read_json_item(directory, step, "meta")
     assert config["model"]["word_dim"] == 16
     assert vocab["words"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert meta["format_version"] == checkpoints.FORMAT_VERSION

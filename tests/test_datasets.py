@@ -18,8 +18,7 @@ from mrnn_jax.data import DataReport, ImageRecord, load_dataset, read_records
 from mrnn_jax.data.download import INSTRUCTIONS
 from mrnn_jax.data.records import make_records
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.text.vocab import UNK_ID
-from mrnn_jax.training.loop import build_vocab
+from mrnn_jax.text.vocab import UNK_ID, build_vocab
 from tests.dataset_fixtures import (
     all_names,
     captions_for,

@@ -13,8 +13,8 @@ from mrnn_jax import configs, sharding
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable, batch_indices, train_batch
 from mrnn_jax.model import make_model
-from mrnn_jax.training.loop import (
-    build_vocab,
+from mrnn_jax.text.vocab import build_vocab
+from mrnn_jax.training.step import (
     init_state,
     jit_device_data_step,
     jit_train_step,

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrnn_jax import configs
+from mrnn_jax import checkpoint_reader, configs, run_dir
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.pages import run_page
-from mrnn_jax.training import checkpoints
 from mrnn_jax.training.loop import train_and_evaluate
 from mrnn_jax.training.selection import Selector
 
@@ -50,8 +49,8 @@ def test_select_by_cider_evaluates_it_in_training_and_keeps_the_best(cider_run):
     assert results["selected_by"] == {"metric": "val/CIDEr-D", "mode": "max", "value": ciders[best]}
     assert results["best_scalars"]["val/CIDEr-D"] == ciders[best]
     assert results["best_val_perplexity"] == val[best]["perplexity"]
-    best_dir, best_step = checkpoints.find_checkpoint(workdir, "best")
-    assert best_dir.endswith(checkpoints.BEST_DIR) and best_step == val[best]["step"]
+    best_dir, best_step = checkpoint_reader.find_checkpoint(workdir, "best")
+    assert best_dir.endswith(run_dir.BEST_DIR) and best_step == val[best]["step"]
     with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
         written = json.load(f)
     assert written["selected_by"]["metric"] == "val/CIDEr-D"
@@ -246,7 +245,7 @@ def test_retrieval_evaluator_logs_both_directions_of_its_subset():
     from mrnn_jax.data.pipeline import CaptionTable
     from mrnn_jax.evaluation import evaluators, retrieval
     from mrnn_jax.model import make_model
-    from mrnn_jax.training.loop import build_vocab
+    from mrnn_jax.text.vocab import build_vocab
 
     overrides = ["evaluators.retrieval.every=5", "evaluators.retrieval.num_images=4"]
     config = configs.load_config("tiny", overrides)
@@ -270,16 +269,16 @@ def test_retrieval_evaluator_logs_both_directions_of_its_subset():
 
 
 def test_resumed_selection_continues_or_restarts():
-    from mrnn_jax.training.loop import _resumed_best
+    from mrnn_jax.training.resume import resumed_best
 
     by_cider = Selector("val/CIDEr-D", maximise=True)
     by_perplexity = Selector("val/perplexity", maximise=False)
     meta = {"selected_by": "val/CIDEr-D", "best_value": 0.5, "best_scalars": {"val/CIDEr-D": 0.5}}
-    assert _resumed_best(meta, by_cider) == (0.5, {"val/CIDEr-D": 0.5})
-    assert _resumed_best(meta, by_perplexity) == (float("inf"), {})  # selection starts afresh
+    assert resumed_best(meta, by_cider) == (0.5, {"val/CIDEr-D": 0.5})
+    assert resumed_best(meta, by_perplexity) == (float("inf"), {})  # selection starts afresh
     old = {"best_val_perplexity": 3.0}  # a checkpoint from before train.select_by
-    assert _resumed_best(old, by_perplexity) == (3.0, {"val/perplexity": 3.0})
-    assert _resumed_best(old, by_cider) == (-float("inf"), {})
+    assert resumed_best(old, by_perplexity) == (3.0, {"val/perplexity": 3.0})
+    assert resumed_best(old, by_cider) == (-float("inf"), {})
 
 
 def test_tensorboard_after_a_lost_checkpoint_shows_each_step_once(tmp_path):
@@ -307,7 +306,7 @@ def test_captions_evaluator_scores_beam_captions_of_its_subset():
     from mrnn_jax.data import load_dataset
     from mrnn_jax.evaluation import captioning, evaluators
     from mrnn_jax.model import make_model
-    from mrnn_jax.training.loop import build_vocab
+    from mrnn_jax.text.vocab import build_vocab
 
     overrides = ["evaluators.captions.strategy=beam", "evaluators.captions.num_images=4"]
     overrides += ["evaluators.captions.beam_size=2", "evaluators.captions.metrics=BLEU,CIDEr"]

@@ -28,11 +28,12 @@ import numpy as np
 import pytest
 
 import mrnn_jax
-from mrnn_jax import cli, configs
+from mrnn_jax import cli, configs, run_dir
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.pages import run_page
+from mrnn_jax.run_dir import RunDir
 from mrnn_jax.training import checkpoints, loop, metrics_log, signals
-from mrnn_jax.training.lock import WorkdirLock, read_holder
+from mrnn_jax.training.lock import WorkdirLock
 from tests.conftest import REPO, run_mrnn, subprocess_env
 
 TRAIN_ARGS = ["train", "--config", "tiny", "--no-progress", "train.num_steps=60"]
@@ -76,7 +77,7 @@ def _assert_same_params(a: str, b: str, which: str = "latest") -> None:
 
 def _rows(workdir: str) -> list[dict]:
     """metrics.jsonl without the values that measure the wall clock."""
-    rows = metrics_log.read_rows(os.path.join(workdir, metrics_log.METRICS_FILE))
+    rows = metrics_log.read_rows(os.path.join(workdir, run_dir.METRICS_FILE))
     return [{k: v for k, v in r.items() if k not in metrics_log.TIMING_KEYS} for r in rows]
 
 
@@ -250,7 +251,7 @@ def test_damaged_partial_and_empty_steps_fall_back_to_the_next_intact(tiny_run, 
     warnings = _messages(mrnn_log, "unusable")
     assert len(warnings) == 2, warnings
     assert "an empty folder" in warnings[0] and "OUT_OF_RANGE" in warnings[1]
-    aside = os.path.join(workdir, checkpoints.ASIDE_DIR)
+    aside = os.path.join(workdir, run_dir.ASIDE_DIR)
     assert sorted(os.listdir(aside)) == [f"checkpoints-{newest + 100}", f"checkpoints-{newest}"]
     assert _saved_steps(workdir) == [older]
 
@@ -308,7 +309,7 @@ def test_damaged_best_falls_back_and_nothing_intact_is_one_line(
         error = capsys.readouterr().err
         line = _one_line(error)
         assert f"{workdir}: no intact checkpoint" in line or "no checkpoint found" in line
-    assert len(os.listdir(os.path.join(workdir, checkpoints.ASIDE_DIR))) == 1 + len(
+    assert len(os.listdir(os.path.join(workdir, run_dir.ASIDE_DIR))) == 1 + len(
         _saved_steps(tiny_run)
     )
 
@@ -357,7 +358,7 @@ def test_vocabulary_that_disagrees_with_the_parameters_is_one_line(tiny_run, tmp
 def test_finished_run_run_again_appends_nothing(tiny_run, tmp_path, mrnn_log):
     workdir = str(tmp_path / "run")
     shutil.copytree(tiny_run, workdir)
-    path = os.path.join(workdir, metrics_log.METRICS_FILE)
+    path = os.path.join(workdir, run_dir.METRICS_FILE)
     with open(path, "rb") as f:
         before = f.read()
     results = loop.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
@@ -402,7 +403,7 @@ def test_second_trainer_is_refused_naming_the_holder(tmp_path):
         assert not os.path.exists(os.path.join(workdir, "checkpoints"))
     finally:
         lock.release()
-    assert read_holder(workdir) is None
+    assert RunDir.at(workdir).lock_holder() is None
 
 
 def test_lock_of_a_dead_process_is_taken_over_other_hosts_honoured(tmp_path, mrnn_log):
@@ -414,7 +415,7 @@ def test_lock_of_a_dead_process_is_taken_over_other_hosts_honoured(tmp_path, mrn
         json.dump(record, f)  # what a kill -9 leaves
     lock = WorkdirLock(workdir)
     lock.acquire()
-    assert read_holder(workdir)["pid"] == os.getpid()
+    assert RunDir.at(workdir).lock_holder()["pid"] == os.getpid()
     assert any(
         f"taking over the lock left by pid {dead.pid}" in r.getMessage() for r in mrnn_log.records
     )
@@ -686,7 +687,7 @@ def test_the_readme_resume_commands_relative_and_absolute(tmp_path):
             assert "unusable" not in result.stderr and "Traceback" not in result.stderr
         assert "at step 10" in result.stderr.split("resumed from")[1].splitlines()[0]
         runs[spelling] = str(tmp_path / spelling)
-        assert not os.path.exists(os.path.join(runs[spelling], checkpoints.ASIDE_DIR))
+        assert not os.path.exists(os.path.join(runs[spelling], run_dir.ASIDE_DIR))
     _assert_same_run(runs["relative"], runs["absolute"])
 
 
@@ -758,7 +759,7 @@ def test_readers_beside_a_trainer_that_rotates_every_step(tmp_path, mrnn_log):
         trainer.communicate()
     complaints = [m for m in _messages(mrnn_log) if "unusable" in m or "no intact" in m]
     assert complaints == []
-    assert not os.path.exists(os.path.join(workdir, checkpoints.ASIDE_DIR))
+    assert not os.path.exists(os.path.join(workdir, run_dir.ASIDE_DIR))
 
 
 def _signal_self_when(monkeypatch, module, name: str, signum: int, when=lambda *a: True):
@@ -847,7 +848,7 @@ def test_a_cut_counted_row_is_restored_on_resume_and_on_a_finished_run(
     shutil.copytree(tiny_run, workdir)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
     counted = len(checkpoints.RunCheckpoints(workdir).read_item(15, "meta")["metrics_log"])
-    _cut_row(os.path.join(workdir, metrics_log.METRICS_FILE), counted - 1)
+    _cut_row(os.path.join(workdir, run_dir.METRICS_FILE), counted - 1)
     loop.train_and_evaluate(configs.load_config("tiny"), workdir, progress=False)
     assert _rows(workdir) == _rows(tiny_run)
     assert _scalars(workdir) == _scalars(tiny_run)
@@ -856,7 +857,7 @@ def test_a_cut_counted_row_is_restored_on_resume_and_on_a_finished_run(
     # Finished: a row cut, rerun: restored with a warning, nothing else changes.
     finished = str(tmp_path / "finished")
     shutil.copytree(tiny_run, finished)
-    _cut_row(os.path.join(finished, metrics_log.METRICS_FILE), 3)
+    _cut_row(os.path.join(finished, run_dir.METRICS_FILE), 3)
     loop.train_and_evaluate(configs.load_config("tiny"), finished, progress=False)
     assert _rows(finished) == _rows(tiny_run)
     assert any("missing or changed" in m for m in _messages(mrnn_log))

@@ -13,7 +13,7 @@ from mrnn_jax.data.pipeline import CaptionTable
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.evaluation import captioning
 from mrnn_jax.model import make_model
-from mrnn_jax.training.loop import init_state, make_optimizer, make_train_step
+from mrnn_jax.training.step import init_state, make_optimizer, make_train_step
 
 
 def _model(dtype: str):

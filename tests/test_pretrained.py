@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mrnn_jax import configs
+from mrnn_jax import checkpoint_reader, configs
 from mrnn_jax.encoders import make_encoder
 from mrnn_jax.encoders.pretrained import architecture, load_pretrained, trainable_labels
 from mrnn_jax.encoders.weights import (
@@ -22,7 +22,7 @@ from mrnn_jax.encoders.weights import (
     save_encoder_weights,
 )
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.training import checkpoints, loop
+from mrnn_jax.training import loop
 from tests import dataset_fixtures as fx
 from tests.conftest import NO_METEOR
 
@@ -151,7 +151,7 @@ def _train(tmp_path, weights: str, *extra: str) -> tuple[str, dict]:
         ],
     )
     results = loop.train_and_evaluate(config, workdir, progress=False)
-    directory, step = checkpoints.find_checkpoint(workdir, "latest")
+    directory, step = checkpoint_reader.find_checkpoint(workdir, "latest")
     manager = ocp.CheckpointManager(directory)
     restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
     manager.close()

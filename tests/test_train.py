@@ -21,7 +21,7 @@ from mrnn_jax.evaluation import retrieval
 from mrnn_jax.data import load_dataset
 from mrnn_jax.data.pipeline import CaptionTable, train_batch
 from mrnn_jax.model import make_model
-from mrnn_jax.training.loop import init_state, jit_train_step, make_optimizer, make_train_step
+from mrnn_jax.training.step import init_state, jit_train_step, make_optimizer, make_train_step
 from mrnn_jax.text.vocab import Vocabulary
 
 assert jax.device_count() == 8, jax.devices()

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from mrnn_jax.training import checkpoints
+from mrnn_jax import checkpoint_reader
 from tests import dataset_fixtures as fx
 from tests.conftest import NO_METEOR, REPO, run_mrnn, subprocess_env
 
@@ -68,8 +68,8 @@ def test_make_train_flickr8k_then_evaluate(flickr8k):
     assert results["data"]["splits"]["train"] == {"images": 4, "captions": 20}
     assert results["splits"]["test"]["perplexity"] > 1.0
     # The checkpoint records where the features came from.
-    directory, step = checkpoints.find_checkpoint(workdir, "best")
-    meta = checkpoints.read_json_item(directory, step, "meta")
+    directory, step = checkpoint_reader.find_checkpoint(workdir, "best")
+    meta = checkpoint_reader.read_json_item(directory, step, "meta")
     assert meta["data"]["features"]["provenance"] == {"encoder": "vgg16"}
     assert meta["data"]["features"]["dtype"] == "float16"
 

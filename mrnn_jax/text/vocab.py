@@ -377,3 +377,9 @@ def _check_max_words(max_words: int) -> None:
     """Raise MrnnError unless max_words is a non-negative integer."""
     if isinstance(max_words, bool) or not isinstance(max_words, int | np.integer) or max_words < 0:
         raise MrnnError(f"max_words must be an integer >= 0, got {max_words!r}")
+
+
+def build_vocab(train_records: Iterable[Any], min_count: int) -> Vocabulary:
+    """The vocabulary of the training captions (never the validation or test ones): every
+    tokenised caption of ``train_records`` (:class:`~mrnn_jax.data.records.ImageRecord`)."""
+    return Vocabulary.build([t for r in train_records for t in r.tokens], min_count=min_count)

@@ -24,10 +24,9 @@ import time
 from collections.abc import Iterator
 
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.run_dir import RunDir, process_alive
 
 log = logging.getLogger("mrnn_jax")
-
-LOCK_FILE = "lock"
 
 
 def _holder_record() -> dict:
@@ -39,46 +38,11 @@ def _describe(record: dict) -> str:
     return f"pid {record.get('pid')} on host {record.get('host')}, started {started}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def read_holder(workdir: str) -> dict | None:
-    """The record of the trainer holding ``workdir``'s lock, or None when it is free."""
-    try:
-        with open(os.path.join(workdir, LOCK_FILE), encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        record = json.loads(text) if text.strip() else None
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def held_by_live_trainer(workdir: str) -> bool:
-    """Whether a trainer that may still be running holds ``workdir`` (a reader's check; it
-    takes no lock itself)."""
-    record = read_holder(workdir)
-    if record is None:
-        return False
-    if record.get("host") != socket.gethostname():
-        return True
-    return record.get("pid") != os.getpid() and _alive(int(record.get("pid", -1)))
-
-
 class WorkdirLock:
     """The lock of one work directory, held from :meth:`acquire` to :meth:`release`."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.path = RunDir.at(workdir).lock
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -121,7 +85,7 @@ class WorkdirLock:
                 f"{os.path.dirname(self.path)} is locked by {_describe(previous)}, which this "
                 f"host cannot check; if that run is gone, delete {self.path}"
             )
-        if pid != os.getpid() and _alive(pid) and not self._flock_works():
+        if pid != os.getpid() and process_alive(pid) and not self._flock_works():
             raise MrnnError(
                 f"{os.path.dirname(self.path)} is in use by another trainer "
                 f"({_describe(previous)}); wait for it to finish, stop it, or use another "
@@ -131,7 +95,7 @@ class WorkdirLock:
             "%s: taking over the lock left by %s, which %s",
             self.path,
             _describe(previous),
-            "no longer holds it" if _alive(pid) else "is no longer running",
+            "no longer holds it" if process_alive(pid) else "is no longer running",
         )
 
     def _flock_works(self) -> bool:

@@ -1,36 +1,42 @@
-"""Training: ``train_and_evaluate(config, workdir)``, a pure ``train_step`` jitted over a mesh.
+"""Training: ``train_and_evaluate(config, workdir)``, read top to bottom.
 
-Sections, in the order the run goes through them: work directory, mesh, input, model and
-optimiser, resume, update step, loop (logs, validation, checkpoints), final evaluation.
+A run goes through these steps, each a function below: :func:`prepare` (the config checked
+and the data loaded; nothing written yet), :func:`hold` (the work directory, its lock, and
+signals that save before they stop), :func:`build_trainer` (vocabulary, model, jitted step,
+evaluators), :func:`start_progress` (fresh, or resumed from the newest intact checkpoint),
+:func:`train_steps` (the loop: logs, evaluators, selection, early stopping, checkpoints) and
+:func:`evaluate_best` (the best checkpoint on the final splits; ``results.json`` last).
+The update step itself is :mod:`mrnn_jax.training.step`; what a checkpoint keeps of the run
+and how a run resumes is :mod:`mrnn_jax.training.resume`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import copy
+import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from mrnn_jax import configs, distributed, files, losses, sharding
+from mrnn_jax import checkpoint_reader, configs, distributed, files, losses, sharding
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
 from mrnn_jax.data.pipeline import (
     CaptionTable,
+    SplitData,
     batch_indices,
     batch_width,
-    data_state,
     images_per_batch,
     train_batch,
 )
@@ -41,250 +47,30 @@ from mrnn_jax.evaluation import evaluators
 from mrnn_jax.evaluation.final import final_evaluation
 from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.pages import run_page
-from mrnn_jax.text.vocab import Vocabulary
-from mrnn_jax.training import checkpoints, nonfinite, signals
-from mrnn_jax.training import lock as workdir_lock
-from mrnn_jax.training import metrics_log as metrics_log_lib
-from mrnn_jax.training.early_stopping import BestSoFar
+from mrnn_jax.run_dir import RunDir
+from mrnn_jax.text.vocab import Vocabulary, build_vocab
+from mrnn_jax.training import lock, resume, signals
+from mrnn_jax.training.checkpoints import RunCheckpoints
+from mrnn_jax.training.resume import Progress
+from mrnn_jax.training.run_log import RunLog
 from mrnn_jax.training.selection import Selector
-from mrnn_jax.training.tensorboard import TensorBoardLog
+from mrnn_jax.training.step import (
+    TrainState,
+    bucket_widths,
+    init_state,
+    jit_device_data_step,
+    jit_train_step,
+    make_optimizer,
+    make_schedule,
+    make_train_step,
+)
 
 log = logging.getLogger("mrnn_jax")
-RESULTS_FILE = "results.json"
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training: step, parameters, optimiser state, RNG key."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array
-
-    def checkpoint_extras(self) -> dict:
-        """What a checkpoint stores besides the parameters."""
-        return {"step": self.step, "opt_state": self.opt_state, "rng": self.rng}
-
-
-# --- model and optimiser -----------------------------------------------------------------
-
-
-def make_schedule(train_config: ConfigDict) -> optax.Schedule:
-    """Learning rate by step: linear warm-up to the peak, then cosine decay to a floor."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=train_config.learning_rate,
-        warmup_steps=max(1, train_config.warmup_steps),
-        decay_steps=max(train_config.num_steps, train_config.warmup_steps + 1),
-        end_value=train_config.learning_rate * train_config.final_learning_rate_fraction,
-    )
-
-
-def make_optimizer(
-    train_config: ConfigDict,
-    schedule: optax.Schedule | None = None,
-    labels: Any = None,
-    encoder_learning_rate: float = 0.0,
-) -> optax.GradientTransformation:
-    """Adam on ``schedule`` (default :func:`make_schedule`), after clipping by global norm.
-
-    With ``labels`` (a pytree like the parameters: ``"mrnn"``, ``"encoder"`` or ``"frozen"``,
-    see :func:`mrnn_jax.encoders.pretrained.trainable_labels`), frozen parameters never
-    change and hold no optimiser state, and fine-tuned encoder layers follow the same
-    schedule scaled to ``encoder_learning_rate``.
-    """
-    schedule = schedule or make_schedule(train_config)
-    clip = optax.clip_by_global_norm(train_config.grad_clip_norm)
-    if labels is None:
-        return optax.chain(clip, optax.adam(schedule))
-    ratio = encoder_learning_rate / train_config.learning_rate
-    zero_frozen = {"mrnn": optax.identity(), "encoder": optax.identity()}
-    return optax.chain(
-        optax.multi_transform({**zero_frozen, "frozen": optax.set_to_zero()}, labels),
-        clip,  # on the gradients that count only
-        optax.multi_transform(
-            {
-                "mrnn": optax.adam(schedule),
-                "encoder": optax.adam(lambda step: ratio * schedule(step)),
-                "frozen": optax.set_to_zero(),
-            },
-            labels,
-        ),
-    )
-
-
-def init_state(
-    model: MRNN,
-    tx: optax.GradientTransformation,
-    seed: int,
-    image: np.ndarray,
-    tokens,
-    encoder_params: Any = None,
-) -> TrainState:
-    """Fresh parameters and optimiser state from ``seed`` (pure); ``encoder_params`` (a
-    pretrained CNN's) replace the encoder's random ones."""
-    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    params = model.init(init_rng, image, tokens)["params"]
-    if encoder_params is not None:
-        params = {**params, "image_encoder": {"backbone": encoder_params}}
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng
-    )
-
-
-# --- update step -------------------------------------------------------------------------
-
-
-def make_train_step(
-    model: MRNN,
-    tx: optax.GradientTransformation,
-    l2_weight: float,
-    l2_skip: tuple[str, ...] = (),
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """A pure ``train_step(state, batch) -> (state, metrics)`` (not yet jitted).
-
-    The loss is the mean NLL per word over the global batch plus ``l2_weight`` times the L2
-    penalty (of every parameter but the top-level subtrees in ``l2_skip``). Metrics are
-    sums, so that they add up across steps into corpus values. A step whose loss or gradient
-    norm is not finite changes nothing but the step (metric ``finite`` is then False).
-    """
-
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        dropout_rng = jax.random.fold_in(state.rng, state.step)
-        inputs, targets, mask = losses.shift_tokens(batch["tokens"])
-
-        def loss_fn(params):
-            logits = model.apply(
-                {"params": params},
-                batch["image"],
-                inputs,
-                train=True,
-                rngs={"dropout": dropout_rng},
-            )
-            sums = losses.masked_nll_sums(logits, targets, mask)
-            nll = sums["nll_sum"] / jnp.maximum(sums["num_tokens"], 1.0)
-            l2 = losses.l2_penalty(params, l2_skip)
-            return nll + l2_weight * l2, (sums, l2)
-
-        (loss, (sums, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # The non-finite guard: a NaN or Inf loss or gradient leaves parameters and optimiser
-        # state as they were (see mrnn_jax.training.nonfinite for what the run then does).
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        params, opt_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old),
-            (params, opt_state),
-            (state.params, state.opt_state),
-        )
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        step_metrics = {
-            "loss": loss,
-            "nll_sum": sums["nll_sum"],
-            "num_tokens": sums["num_tokens"],
-            "grad_norm": grad_norm,
-            "l2": l2,
-            "finite": finite,
-        }
-        return new_state, step_metrics
-
-    return train_step
-
-
-def jit_train_step(train_step: Callable, mesh) -> Callable:
-    """``train_step`` jitted over ``mesh``: state replicated, batch split on ``data``."""
-    replicated = sharding.replicated(mesh)
-    return jax.jit(
-        train_step,
-        in_shardings=(replicated, sharding.data_sharding(mesh)),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-
-
-def jit_device_data_step(train_step: Callable, mesh) -> Callable:
-    """``train_step`` fed from a training set held on the devices: ``step(state, data,
-    indices, width=None)`` gathers the batch (``data["inputs"][indices["images"]]``,
-    ``data["tokens"][indices["rows"], :width]``, all positions without ``width``) on device,
-    so the host only sends the batch's row numbers."""
-    replicated, split = sharding.replicated(mesh), sharding.data_sharding(mesh)
-
-    def device_step(
-        state: TrainState, data: dict, indices: dict, width: int | None = None
-    ) -> tuple[TrainState, dict]:
-        batch = {
-            "image": data["inputs"][indices["images"]],
-            "tokens": data["tokens"][indices["rows"], :width],
-        }
-        return train_step(state, jax.lax.with_sharding_constraint(batch, split))
-
-    return jax.jit(
-        device_step,
-        in_shardings=(replicated, replicated, split),
-        out_shardings=(replicated, replicated),
-        static_argnums=(3,),
-        donate_argnums=(0,),
-    )
-
-
-def bucket_widths(config: ConfigDict) -> tuple[int, ...]:
-    """The length buckets' padded widths in token positions (``train.length_buckets`` are in
-    words; start and end tokens add two); empty without buckets."""
-    return tuple(int(words) + 2 for words in config.train.get("length_buckets", ()))
-
-
-# --- work directory ----------------------------------------------------------------------
-
-
-def check_resume(workdir: str, saved: dict, new: dict) -> None:
-    """Refuses to resume a checkpoint under a config that changes the model or the data;
-    logs every other (schedule) change."""
-    clash = configs.resume_conflicts(saved, new)
-    if clash:
-        raise MrnnError(
-            f"{workdir} holds a checkpoint of a different model or data ({'; '.join(clash)}); "
-            "use a new --workdir, or the original values"
-        )
-    for change in configs.other_differences(saved, new):
-        log.info("resuming with a changed setting: %s", change)
-
-
-def check_same_data(workdir: str, saved: dict | None, now: dict) -> None:
-    """Refuses to resume on other data: other training or validation images, or other
-    features (count, width, precision, provenance), even where the paths are the same."""
-    if not saved:
-        return
-    clash = []
-    for split in ("train", "val"):
-        before, after = saved.get("splits", {}).get(split), now["splits"].get(split)
-        if before and after and before != after:
-            clash.append(f"split {split}: {before} in the checkpoint, {after} now")
-    before, after = saved.get("features") or {}, now.get("features") or {}
-    for key in ("rows", "dim", "dtype", "provenance"):
-        if before.get(key) != after.get(key):
-            clash.append(
-                f"features {key}: {before.get(key)!r} in the checkpoint, {after.get(key)!r} now"
-            )
-    if clash:
-        raise MrnnError(
-            f"{workdir} holds a checkpoint trained on other data ({'; '.join(clash)}); use a "
-            "new --workdir, or the original data"
-        )
-
-
-def build_vocab(train_records, min_count: int) -> Vocabulary:
-    """The vocabulary of the training captions (never the validation or test ones)."""
-    return Vocabulary.build([t for r in train_records for t in r.tokens], min_count=min_count)
-
-
-# --- the run -----------------------------------------------------------------------------
 
 
 def train_and_evaluate(
     config: ConfigDict,
-    workdir: str,
+    workdir: str | os.PathLike[str],
     *,
     num_devices: int | None = None,
     progress: bool = True,
@@ -294,16 +80,35 @@ def train_and_evaluate(
     The loop runs the evaluators ``config.evaluators`` lists when they are due and keeps the
     checkpoint that is best by ``train.select_by``. Returns the final evaluation of that
     checkpoint (per split: perplexity and caption metrics; what it was selected by), also
-    written to ``workdir/results.json``; the run's curves go to TensorBoard event files and
-    ``workdir/report.html``.
+    written to ``workdir/results.json``; the run's curves go to ``metrics.jsonl``,
+    TensorBoard event files and ``workdir/report.html``. ``config`` is left unchanged.
     """
-    started = time.time()
-    # Resolved once, here: orbax, the lock, the logs and the final evaluation's reader all
-    # see one absolute path, whatever the caller's spelling and working directory.
-    workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
-    tc = config.train
+    prepared = prepare(config, num_devices)
+    run = RunDir.at(workdir)
+    with hold(run) as stop:
+        return train(prepared, run, stop, progress=progress)
 
-    # Mesh and work directory.
+
+# --- checks and data: nothing is written before they pass --------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A checked config (a copy, completed by the pretrained encoder's image settings), its
+    mesh, its data and, for a pretrained encoder, the encoder's weights."""
+
+    config: ConfigDict
+    mesh: Mesh
+    dataset: Dataset
+    encoder_params: Any
+    selector: Selector
+
+
+def prepare(config: ConfigDict, num_devices: int | None = None) -> Prepared:
+    """Checks every value of ``config`` that can be checked before training and loads the
+    data and pretrained weights; raises :class:`MrnnError` (one line) on any problem."""
+    config = copy.deepcopy(config)
+    tc = config.train
     mesh = sharding.make_mesh(num_devices)
     sharding.check_batch_size(tc.batch_size, mesh)
     if tc.batch_size % tc.captions_per_image:
@@ -314,10 +119,8 @@ def train_and_evaluate(
     sharding.check_batch_size(
         tc.batch_size // tc.captions_per_image, mesh, "train.batch_size / train.captions_per_image"
     )
-    # Pretrained encoder weights (they also say how to preprocess the images) and the data:
-    # read and checked before anything is written.
     encoder_params = None
-    if config.encoder.name in ARCHITECTURES:
+    if config.encoder.name in ARCHITECTURES:  # the weights also say how to read the images
         weights = load_pretrained(config.encoder)
         config.encoder.update(weights.encoder_config(config.encoder))  # the saved config: whole
         encoder_params = weights.params
@@ -338,301 +141,7 @@ def train_and_evaluate(
                 f"{sorted(evaluators.split_names(config.evaluators))}"
             )
     check_one_batch(dataset.splits["train"].records, tc)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise MrnnError(f"{workdir}: cannot create the work directory ({e.strerror})") from e
-    # One trainer per work directory (process 0 holds the lock for all of a run's processes);
-    # then SIGINT / SIGTERM save before they stop the run.
-    with (
-        workdir_lock.locked(workdir, enabled=distributed.is_primary()),
-        signals.handle_signals() as stop,
-    ):
-        ckpts = checkpoints.RunCheckpoints(workdir, max_to_keep=tc.max_checkpoints)
-        tensorboard = TensorBoardLog(workdir, enabled=distributed.is_primary())
-        try:
-            results = _train_and_evaluate(
-                config,
-                workdir,
-                mesh,
-                ckpts,
-                dataset,
-                encoder_params,
-                progress,
-                started,
-                selector,
-                tensorboard,
-                stop,
-            )
-        except BaseException:
-            ckpts.close_quietly()
-            raise
-        finally:
-            tensorboard.close()
-        ckpts.close()
-        return results
-
-
-def _train_and_evaluate(
-    config: ConfigDict,
-    workdir: str,
-    mesh: Mesh,
-    ckpts: checkpoints.RunCheckpoints,
-    dataset: Dataset,
-    encoder_params: Any,
-    progress: bool,
-    started: float,
-    selector: Selector,
-    tensorboard: TensorBoardLog,
-    stop: signals.StopRequest | None = None,
-) -> dict:
-    """The run after the checks: resume or start, train, evaluate (see train_and_evaluate)."""
-    stop = stop or signals.StopRequest()
-    tc = config.train
-    latest = ckpts.latest_step()
-    config_json = configs.to_json(config)
-    if latest is not None:
-        check_resume(workdir, ckpts.read_item(latest, "config"), config_json)
-        check_same_data(workdir, ckpts.read_item(latest, "meta").get("data"), dataset.summary())
-    primary = distributed.is_primary()  # the one process that writes logs and results
-    if primary:
-        files.write_json_atomic(os.path.join(workdir, "config.json"), config_json)
-
-    # Input.
-    splits = dataset.splits
-    if latest is not None:
-        vocab = Vocabulary.from_json(ckpts.read_item(latest, "vocab"))
-    else:
-        vocab = build_vocab(splits["train"].records, config.dataset.min_count)
-    if primary:
-        vocab.save(os.path.join(workdir, "vocab.json"))
-    max_words = config.dataset.max_words
-    train_table = CaptionTable.build(splits["train"].records, vocab, max_words)
-    train_inputs = splits["train"].inputs
-    log.info(
-        "data: %d training captions of %d images, vocabulary %d words, %d device(s)",
-        len(train_table),
-        len(splits["train"].records),
-        len(vocab),
-        mesh.size,
-    )
-
-    data_summary = dataset.summary()
-
-    # Model and optimiser.
-    model = make_model(config.model, config.encoder, len(vocab))
-    schedule = make_schedule(tc)
-    pretrained = config.encoder.name in ARCHITECTURES
-    first_image, first_tokens = train_inputs[:1], train_table.tokens[:1, :-1]
-    labels = None
-    if pretrained:
-        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), first_image, first_tokens)
-        labels = trainable_labels(shapes["params"], config.encoder)
-    tx = make_optimizer(tc, schedule, labels, config.encoder.get("learning_rate", 0.0))
-    state = init_state(model, tx, tc.seed, first_image, first_tokens, encoder_params)
-    state = sharding.replicate(state, mesh)
-
-    # Resume.
-    vocab_json = vocab.to_json()
-    # The scalar that picks the best checkpoint (train.select_by) also stops the run after
-    # train.patience evaluations without improving it.
-    best_value, best_scalars = selector.worst, {}
-    watch = BestSoFar.start(selector.mode, tc.get("patience", 0))
-    if latest is not None:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
-        )
-        params, extras, meta = ckpts.restore(latest, abstract.params, abstract.checkpoint_extras())
-        state = TrainState(params=params, **extras)
-        best_value, best_scalars = _resumed_best(meta, selector)
-        watch = _resumed_watch(watch, meta, selector, best_value, latest)
-        log.info("resumed from %s at step %d", os.path.join(workdir, "checkpoints"), latest)
-    resumed = meta if latest is not None else {}
-    # metrics.jsonl: the rows of the restored step (none, for a fresh run).
-    metrics_log = metrics_log_lib.MetricsLog(workdir, enabled=primary)
-    results_path = os.path.join(workdir, RESULTS_FILE)
-    if latest is not None and (latest >= tc.num_steps or watch.should_stop):
-        finished = _finished(workdir, latest, results_path)
-        if finished is not None:
-            _complete_finished_run(workdir, finished, resumed, metrics_log, config)
-            return finished
-    if latest is None:
-        metrics_log.start([], 0)
-    else:
-        metrics_log.start(resumed.get("metrics_log", resumed.get("metrics_rows")), latest)
-    tensorboard.start(metrics_log.history)  # TensorBoard: the same rows, in a new file
-    guard = nonfinite.NonFiniteGuard.from_config(tc, resumed.get("nonfinite"))
-
-    # Loop.
-    # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
-    l2_skip = ("image_encoder",) if pretrained else ()
-    pure_step = make_train_step(model, tx, tc.l2_weight, l2_skip)
-    widths = bucket_widths(config)
-    device_data = None
-    if tc.get("device_data", False):
-        if isinstance(train_inputs, ImageFiles):
-            raise MrnnError(
-                "train.device_data=True holds the training set on the devices: it needs "
-                "precomputed features (or an in-memory dataset such as shapes), not image files"
-            )
-        device_data = sharding.replicate(
-            {"inputs": np.asarray(train_inputs), "tokens": train_table.tokens}, mesh
-        )
-        train_step = jit_device_data_step(pure_step, mesh)
-        log.info("training set held on the devices (%d captions)", len(train_table))
-    else:
-        train_step = jit_train_step(pure_step, mesh)
-    run_evaluators = evaluators.build_evaluators(config, model, vocab, splits, mesh)
-    step = int(sharding.to_host(state.step))
-    window: list[dict] = metrics_log_lib.window_from_json(resumed.get("log_window"))
-    pending: list[jax.Array] = []  # the last steps' finite flags, not yet read by the guard
-    last_saved = latest
-    window_start = time.time()
-    bar = tqdm(
-        total=tc.num_steps,
-        initial=step,
-        disable=not progress or not primary,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    stop.defer(True)  # from here a first SIGINT / SIGTERM finishes the step, saves, stops
-    while step < tc.num_steps and not watch.should_stop:
-        if device_data is not None:
-            indices = batch_indices(
-                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image, widths=widths
-            )
-            width = batch_width(
-                train_table, step, tc.batch_size, tc.seed, tc.captions_per_image, widths
-            )
-            state, step_metrics = train_step(
-                state, device_data, sharding.shard_batch(indices, mesh), width
-            )
-        else:
-            batch = train_batch(
-                train_table,
-                train_inputs,
-                step,
-                tc.batch_size,
-                tc.seed,
-                tc.captions_per_image,
-                process_index=jax.process_index(),  # each process reads only its own part
-                process_count=jax.process_count(),
-                widths=widths,
-            )
-            state, step_metrics = train_step(state, sharding.shard_local_batch(batch, mesh))
-        window.append(step_metrics)
-        step += 1
-        bar.update(1)
-        last = step == tc.num_steps
-        pending.append(step_metrics["finite"])
-        stopping = signals.agreed(stop, step % tc.log_every == 0)
-        every = (tc.log_every, tc.eval_every, tc.checkpoint_every)
-        if last or stopping or any(step % n == 0 for n in every):
-            # The host is about to read the state: first the non-finite guard.
-            guard.check(_step_flags(sharding.to_host(pending), step), last_saved)
-            pending = []
-        if step % tc.log_every == 0 or last:
-            summary = _summarise(sharding.to_host(window), time.time() - window_start)
-            summary["learning_rate"] = float(schedule(step))
-            metrics_log.write(step, "train", summary)
-            tensorboard.write(step, "train", summary)
-            bar.set_postfix(
-                loss=f"{summary['loss']:.3f}",
-                ppl=f"{summary['perplexity']:.2f}",
-                tok_s=f"{summary['tokens_per_second']:.0f}",
-            )
-            window, window_start = [], time.time()
-        paused = time.time()
-        is_best = False
-        scalars = _run_due_evaluators(run_evaluators, state.params, step, last)
-        for prefix, values in _by_prefix(scalars).items():
-            metrics_log.write(step, prefix, values)
-            tensorboard.write(step, prefix, values)
-        if scalars:
-            value = _selection_value(selector, scalars, step)
-            if primary:
-                bar.write(f"step {step}: " + _describe(scalars))
-            if value is not None and not math.isfinite(value):
-                log.warning("step %d: %s is not finite", step, selector.metric)
-            if value is not None:
-                # Parameters whose update was just skipped as non-finite are not saved, so
-                # they cannot be the best: that evaluation counts as no improvement.
-                watch = watch.observe(step, math.nan if guard.in_a_row else value)
-                if watch.improved:
-                    best_value, best_scalars, is_best = value, scalars, True
-        early_stop = watch.should_stop
-        save = step % tc.checkpoint_every == 0 or last or is_best or stopping or early_stop
-        if save and guard.in_a_row:  # these parameters just gave a non-finite loss
-            log.warning("step %d: no checkpoint (its update was skipped as non-finite)", step)
-        elif save:
-            meta = {
-                "step": step,
-                "data_state": data_state(train_table, step, tc.batch_size, tc.captions_per_image),
-                "selected_by": selector.metric,
-                "best_value": _json_number(best_value),
-                "best_scalars": best_scalars,
-                "best_so_far": watch.to_json(),
-                "data": data_summary,
-                # What a resumed run needs to write the same metrics.jsonl as an uninterrupted one.
-                "metrics_rows": metrics_log.rows,
-                "metrics_log": metrics_log.history,
-                "log_window": metrics_log_lib.window_to_json(sharding.to_host(window)),
-                "nonfinite": guard.to_json(),
-            }
-            if is_best:
-                ckpts.save(step, state.params, None, meta, config_json, vocab_json, best=True)
-            ckpts.save(step, state.params, state.checkpoint_extras(), meta, config_json, vocab_json)
-            last_saved = step
-        if stopping:
-            bar.close()
-            saved = os.path.join(workdir, checkpoints.LATEST_DIR, str(last_saved))
-            raise signals.Interrupted(
-                stop.signum,
-                f"stopped by {stop.name()} after step {step}; "
-                + (f"checkpoint in {saved}" if last_saved is not None else "no checkpoint yet")
-                + "; run the same command to resume",
-            )
-        window_start += time.time() - paused  # tokens per second count training time only
-        if early_stop:
-            _log_early_stop(bar if primary else None, watch, selector, step)
-    stop.defer(False)  # nothing left to save: a signal stops the final evaluation at once
-    bar.close()
-    if stop.requested:  # came during the last step's evaluation or save, after the check
-        raise signals.Interrupted(
-            stop.signum,
-            f"stopped by {stop.name()} after step {step}; checkpoint in "
-            f"{os.path.join(workdir, checkpoints.LATEST_DIR, str(last_saved))}; run the same "
-            "command to finish the final evaluation",
-        )
-
-    # Final evaluation, on the best checkpoint.
-    best_dir, best_step = checkpoints.find_checkpoint(workdir, "best")
-    if not best_dir.endswith(checkpoints.BEST_DIR):
-        log.warning("no finite %s: evaluating the latest checkpoint", selector.metric)
-    params = checkpoints.restore_params(best_dir, best_step, _abstract(state.params))
-    results = {
-        "best_step": best_step,
-        "selected_by": {**selector.describe(), "value": _json_number(best_value)},
-        "best_scalars": best_scalars,
-        "best_val_perplexity": best_scalars.get("val/perplexity"),
-        "stopped_early": watch.should_stop,
-        "data": dataset.summary(),  # again: images found broken while training count too
-        "splits": {},
-    }
-    for split, values, examples in final_evaluation(config, model, params, vocab, splits, mesh):
-        results["splits"][split] = values
-        results.setdefault("examples", {})[split] = examples
-        finite = {k: v for k, v in values.items() if v is not None}
-        metrics_log.write(best_step, split, finite)
-        tensorboard.write(best_step, split, finite)
-    tensorboard.close()  # every event on disk before the run counts as finished
-    results["wall_time_seconds"] = time.time() - started
-    if primary:
-        # results.json last: its presence means the run has finished (see _finished).
-        run_page.write_run_report(workdir, results)
-        files.write_json_atomic(results_path, results)
-    return results
+    return Prepared(config, mesh, dataset, encoder_params, selector)
 
 
 def check_one_batch(records: list[ImageRecord], train_config: ConfigDict) -> None:
@@ -647,65 +156,369 @@ def check_one_batch(records: list[ImageRecord], train_config: ConfigDict) -> Non
         )
 
 
-def _finished(workdir: str, step: int, results_path: str) -> dict | None:
-    """The results of a run that already ran to its last step; None where there are none
-    (missing, unreadable, or not a run's results: the final evaluation then runs again)."""
+@contextlib.contextmanager
+def hold(run: RunDir) -> Iterator[signals.StopRequest]:
+    """Makes the work directory and holds it for the block: its lock (process 0 holds it for
+    all of a run's processes), and SIGINT / SIGTERM turned into a request that the training
+    loop answers by saving, then stopping (:class:`~mrnn_jax.training.signals.Interrupted`)."""
     try:
-        with open(results_path, encoding="utf-8") as f:
-            results = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warning("%s: unreadable (%s); evaluating again", results_path, e)
-        return None
-    if not (
-        isinstance(results, dict)
-        and isinstance(results.get("splits"), dict)
-        and all(isinstance(v, dict) for v in results["splits"].values())
-        and isinstance(results.get("best_step"), int)
-        and isinstance(results.get("selected_by"), dict)
-    ):
-        log.warning("%s: not the results of a run; evaluating again", results_path)
-        return None
-    log.info(
-        "%s: finished at step %d already; nothing to do (results: %s; raise train.num_steps "
-        "to train on, or delete results.json to evaluate again)",
-        workdir,
-        step,
-        results_path,
-    )
+        os.makedirs(run.path, exist_ok=True)
+    except OSError as e:
+        raise MrnnError(f"{run.path}: cannot create the work directory ({e.strerror})") from e
+    with lock.locked(run.path, enabled=distributed.is_primary()), signals.handle_signals() as stop:
+        yield stop
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def train(
+    prepared: Prepared, run: RunDir, stop: signals.StopRequest, *, progress: bool = True
+) -> dict:
+    """Starts or resumes the run in ``run``, trains it and evaluates its best checkpoint
+    (see :func:`train_and_evaluate`); a finished run is not trained again."""
+    started = time.time()
+    config = prepared.config
+    ckpts = RunCheckpoints(run.path, max_to_keep=config.train.max_checkpoints)
+    logs = RunLog(run, enabled=distributed.is_primary())
+    try:
+        latest = ckpts.latest_step()
+        trainer = build_trainer(prepared, run, ckpts, latest)
+        p, meta = start_progress(trainer, prepared, run, ckpts, latest)
+        finished = _finished(run, p, latest, config)
+        if finished is not None:
+            if distributed.is_primary():
+                resume.complete_finished_run(run, finished, meta, logs, config.eval.splits)
+            results = finished
+        else:
+            logs.start(resume.saved_rows(meta) if latest is not None else [], latest or 0)
+            train_steps(trainer, p, run, ckpts, logs, stop, progress)
+            results = evaluate_best(trainer, p, run, logs, prepared.dataset, started)
+    except BaseException:
+        ckpts.close_quietly()
+        raise
+    finally:
+        logs.close()
+    ckpts.close()
     return results
 
 
-def _complete_finished_run(
-    workdir: str,
-    results: dict,
-    meta: dict,
-    metrics_log: metrics_log_lib.MetricsLog,
-    config: ConfigDict,
+def _finished(run: RunDir, p: Progress, latest: int | None, config: ConfigDict) -> dict | None:
+    """The results of a run that had trained to its end already (None: not finished)."""
+    if latest is None or not (latest >= config.train.num_steps or p.watch.should_stop):
+        return None
+    return resume.finished_results(run, latest)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """What stays fixed while a run trains: its config, data, model and jitted step."""
+
+    config: ConfigDict
+    mesh: Mesh
+    vocab: Vocabulary
+    splits: dict[str, SplitData]
+    table: CaptionTable
+    model: MRNN
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    jitted_step: Callable
+    device_data: dict | None
+    widths: tuple[int, ...]
+    evaluators: list[evaluators.Evaluator]
+    selector: Selector
+    data_summary: dict
+    config_json: dict
+    vocab_json: dict
+
+    def step(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
+        """Runs training step ``step`` (its batch: a pure function of seed and step)."""
+        tc = self.config.train
+        if self.device_data is not None:
+            args = (self.table, step, tc.batch_size, tc.seed, tc.captions_per_image)
+            indices = batch_indices(*args, widths=self.widths)
+            width = batch_width(*args, self.widths)
+            batch = sharding.shard_batch(indices, self.mesh)
+            return self.jitted_step(state, self.device_data, batch, width)
+        batch = train_batch(
+            self.table,
+            self.splits["train"].inputs,
+            step,
+            tc.batch_size,
+            tc.seed,
+            tc.captions_per_image,
+            process_index=jax.process_index(),  # each process reads only its own part
+            process_count=jax.process_count(),
+            widths=self.widths,
+        )
+        return self.jitted_step(state, sharding.shard_local_batch(batch, self.mesh))
+
+
+def build_trainer(
+    prepared: Prepared, run: RunDir, ckpts: RunCheckpoints, latest: int | None
+) -> Trainer:
+    """The run's vocabulary (the checkpoint's, when resuming), model, optimiser, jitted step
+    and evaluators; writes ``config.json`` and ``vocab.json``. Refuses to resume under another
+    model or other data."""
+    config, mesh, dataset = prepared.config, prepared.mesh, prepared.dataset
+    tc = config.train
+    config_json = configs.to_json(config)
+    if latest is not None:
+        resume.check_resume(run.path, ckpts.read_item(latest, "config"), config_json)
+        resume.check_same_data(
+            run.path, ckpts.read_item(latest, "meta").get("data"), dataset.summary()
+        )
+    primary = distributed.is_primary()  # the one process that writes logs and results
+    if primary:
+        files.write_json_atomic(run.config, config_json)
+    splits = dataset.splits
+    if latest is not None:
+        vocab = Vocabulary.from_json(ckpts.read_item(latest, "vocab"))
+    else:
+        vocab = build_vocab(splits["train"].records, config.dataset.min_count)
+    if primary:
+        vocab.save(run.vocab)
+    table = CaptionTable.build(splits["train"].records, vocab, config.dataset.max_words)
+    inputs = splits["train"].inputs
+    log.info(
+        "data: %d training captions of %d images, vocabulary %d words, %d device(s)",
+        len(table),
+        len(splits["train"].records),
+        len(vocab),
+        mesh.size,
+    )
+    data_summary = dataset.summary()
+    model = make_model(config.model, config.encoder, len(vocab))
+    schedule = make_schedule(tc)
+    pretrained = config.encoder.name in ARCHITECTURES
+    labels = None
+    if pretrained:
+        shapes = jax.eval_shape(
+            model.init, jax.random.PRNGKey(0), inputs[:1], table.tokens[:1, :-1]
+        )
+        labels = trainable_labels(shapes["params"], config.encoder)
+    tx = make_optimizer(tc, schedule, labels, config.encoder.get("learning_rate", 0.0))
+    # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
+    pure_step = make_train_step(model, tx, tc.l2_weight, ("image_encoder",) if pretrained else ())
+    device_data = None
+    if tc.get("device_data", False):
+        if isinstance(inputs, ImageFiles):
+            raise MrnnError(
+                "train.device_data=True holds the training set on the devices: it needs "
+                "precomputed features (or an in-memory dataset such as shapes), not image files"
+            )
+        device_data = sharding.replicate(
+            {"inputs": np.asarray(inputs), "tokens": table.tokens}, mesh
+        )
+        jitted = jit_device_data_step(pure_step, mesh)
+        log.info("training set held on the devices (%d captions)", len(table))
+    else:
+        jitted = jit_train_step(pure_step, mesh)
+    return Trainer(
+        config=config,
+        mesh=mesh,
+        vocab=vocab,
+        splits=splits,
+        table=table,
+        model=model,
+        schedule=schedule,
+        tx=tx,
+        jitted_step=jitted,
+        device_data=device_data,
+        widths=bucket_widths(config),
+        evaluators=evaluators.build_evaluators(config, model, vocab, splits, mesh),
+        selector=prepared.selector,
+        data_summary=data_summary,
+        config_json=config_json,
+        vocab_json=vocab.to_json(),
+    )
+
+
+def start_progress(
+    trainer: Trainer, prepared: Prepared, run: RunDir, ckpts: RunCheckpoints, latest: int | None
+) -> tuple[Progress, dict]:
+    """Fresh parameters from the seed, or the state of the checkpoint at ``latest`` with
+    its ``meta`` (the best value so far, early stopping, logs: see
+    :mod:`mrnn_jax.training.resume`)."""
+    tc = trainer.config.train
+    first_image, first_tokens = trainer.splits["train"].inputs[:1], trainer.table.tokens[:1, :-1]
+    state = init_state(
+        trainer.model, trainer.tx, tc.seed, first_image, first_tokens, prepared.encoder_params
+    )
+    state = sharding.replicate(state, trainer.mesh)
+    meta: dict = {}
+    if latest is not None:
+        abstract = _abstract(state)
+        params, extras, meta = ckpts.restore(latest, abstract.params, abstract.checkpoint_extras())
+        state = TrainState(params=params, **extras)
+        log.info("resumed from %s at step %d", run.latest, latest)
+    return resume.progress(state, meta, trainer.selector, tc, latest), meta
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+def train_steps(
+    trainer: Trainer,
+    p: Progress,
+    run: RunDir,
+    ckpts: RunCheckpoints,
+    logs: RunLog,
+    stop: signals.StopRequest,
+    progress: bool,
 ) -> None:
-    """Puts back what a finished run promises and has lost: ``metrics.jsonl``'s rows (from
-    the last checkpoint's copy and the final evaluation in ``results``) and ``report.html``."""
-    if not distributed.is_primary():
+    """Trains from ``p.step`` to ``train.num_steps`` (or an early stop), logging, evaluating
+    and saving when due; a signal saves the step and raises ``Interrupted``."""
+    tc = trainer.config.train
+    primary = distributed.is_primary()
+    bar = tqdm(
+        total=tc.num_steps,
+        initial=p.step,
+        disable=not progress or not primary,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    pending: list[jax.Array] = []  # the last steps' finite flags, not yet read by the guard
+    window_start = time.time()
+    stop.defer(True)  # from here a first SIGINT / SIGTERM finishes the step, saves, stops
+    while p.step < tc.num_steps and not p.watch.should_stop:
+        p.state, step_metrics = trainer.step(p.state, p.step)
+        p.window.append(step_metrics)
+        p.step += 1
+        bar.update(1)
+        last = p.step == tc.num_steps
+        pending.append(step_metrics["finite"])
+        stopping = signals.agreed(stop, p.step % tc.log_every == 0)
+        every = (tc.log_every, tc.eval_every, tc.checkpoint_every)
+        if last or stopping or any(p.step % n == 0 for n in every):
+            # The host is about to read the state: first the non-finite guard.
+            p.guard.check(_step_flags(sharding.to_host(pending), p.step), p.last_saved)
+            pending = []
+        if p.step % tc.log_every == 0 or last:
+            _log_train(trainer, p, logs, bar, time.time() - window_start)
+            window_start = time.time()
+        paused = time.time()
+        is_best = _evaluate(trainer, p, logs, bar if primary else None, last)
+        early_stop = p.watch.should_stop
+        if p.step % tc.checkpoint_every == 0 or last or is_best or stopping or early_stop:
+            _save(trainer, p, ckpts, logs, is_best)
+        if stopping:
+            bar.close()
+            raise _interrupted(stop, p, run, "resume")
+        window_start += time.time() - paused  # tokens per second count training time only
+        if early_stop:
+            _log_early_stop(bar if primary else None, p, trainer.selector)
+    stop.defer(False)  # nothing left to save: a signal stops the final evaluation at once
+    bar.close()
+    if stop.requested:  # came during the last step's evaluation or save, after the check
+        raise _interrupted(stop, p, run, "finish the final evaluation")
+
+
+def _log_train(trainer: Trainer, p: Progress, logs: RunLog, bar: tqdm, seconds: float) -> None:
+    """Writes the ``train`` row of the steps since the last one."""
+    summary = _summarise(sharding.to_host(p.window), seconds)
+    summary["learning_rate"] = float(trainer.schedule(p.step))
+    logs.write(p.step, "train", summary)
+    bar.set_postfix(
+        loss=f"{summary['loss']:.3f}",
+        ppl=f"{summary['perplexity']:.2f}",
+        tok_s=f"{summary['tokens_per_second']:.0f}",
+    )
+    p.window = []
+
+
+def _evaluate(trainer: Trainer, p: Progress, logs: RunLog, bar: tqdm | None, last: bool) -> bool:
+    """Runs the evaluators due after ``p.step``, logs their scalars, and updates the best
+    value and early stopping; returns whether these parameters are the best so far."""
+    scalars = _run_due_evaluators(trainer.evaluators, p.state.params, p.step, last)
+    for prefix, values in _by_prefix(scalars).items():
+        logs.write(p.step, prefix, values)
+    if not scalars:
+        return False
+    selector = trainer.selector
+    value = _selection_value(selector, scalars, p.step)
+    if bar is not None:
+        bar.write(f"step {p.step}: " + _describe(scalars))
+    if value is None:
+        return False
+    if not math.isfinite(value):
+        log.warning("step %d: %s is not finite", p.step, selector.metric)
+    # Parameters whose update was just skipped as non-finite are not saved, so they cannot
+    # be the best: that evaluation counts as no improvement.
+    p.watch = p.watch.observe(p.step, math.nan if p.guard.in_a_row else value)
+    if p.watch.improved:
+        p.best_value, p.best_scalars = value, scalars
+    return p.watch.improved
+
+
+def _save(trainer: Trainer, p: Progress, ckpts: RunCheckpoints, logs: RunLog, best: bool) -> None:
+    """Saves the latest checkpoint of ``p`` (and the best one, when ``best``); parameters
+    whose update was just skipped as non-finite are not saved."""
+    if p.guard.in_a_row:
+        log.warning("step %d: no checkpoint (its update was skipped as non-finite)", p.step)
         return
-    saved = meta.get("metrics_log")
-    if isinstance(saved, list):
-        written = os.path.getmtime(os.path.join(workdir, RESULTS_FILE))
-        final = [
-            {
-                "step": results["best_step"],
-                "split": split,
-                "time": written,
-                **{k: float(v) for k, v in values.items() if v is not None},
-            }
-            for split in config.eval.splits  # the order they were logged in
-            for values in [results["splits"].get(split)]
-            if values is not None
-        ]
-        metrics_log.restore([*saved, *final])
-    if not os.path.exists(os.path.join(workdir, run_page.RUN_REPORT)):
-        log.info("%s: writing the missing report", workdir)
-        run_page.write_run_report(workdir, results)
+    tc = trainer.config.train
+    meta = resume.checkpoint_meta(
+        p, trainer.table, tc, trainer.selector, trainer.data_summary, logs
+    )
+    both = (meta, trainer.config_json, trainer.vocab_json)
+    if best:
+        ckpts.save(p.step, p.state.params, None, *both, best=True)
+    ckpts.save(p.step, p.state.params, p.state.checkpoint_extras(), *both)
+    p.last_saved = p.step
+
+
+def _interrupted(
+    stop: signals.StopRequest, p: Progress, run: RunDir, then: str
+) -> signals.Interrupted:
+    """The one line a signal stops the run with."""
+    saved = "no checkpoint yet"
+    if p.last_saved is not None:
+        saved = f"checkpoint in {run.step(p.last_saved)}"
+    return signals.Interrupted(
+        stop.signum,
+        f"stopped by {stop.name()} after step {p.step}; {saved}; run the same command to {then}",
+    )
+
+
+# --- the final evaluation ----------------------------------------------------------------
+
+
+def evaluate_best(
+    trainer: Trainer, p: Progress, run: RunDir, logs: RunLog, dataset: Dataset, started: float
+) -> dict:
+    """Evaluates the best checkpoint on the final splits, logs each split's scalars, and
+    writes ``report.html`` and then ``results.json`` (whose presence means: finished)."""
+    best_dir, best_step = checkpoint_reader.find_checkpoint(run.path, "best")
+    if best_dir != run.best:
+        log.warning("no finite %s: evaluating the latest checkpoint", trainer.selector.metric)
+    params = checkpoint_reader.restore_params(best_dir, best_step, _abstract(p.state.params))
+    results = {
+        "best_step": best_step,
+        "selected_by": {**trainer.selector.describe(), "value": resume.json_number(p.best_value)},
+        "best_scalars": p.best_scalars,
+        "best_val_perplexity": p.best_scalars.get("val/perplexity"),
+        "stopped_early": p.watch.should_stop,
+        "data": dataset.summary(),  # again: images found broken while training count too
+        "splits": {},
+    }
+    t = trainer
+    for split, values, examples in final_evaluation(
+        t.config, t.model, params, t.vocab, t.splits, t.mesh
+    ):
+        results["splits"][split] = values
+        results.setdefault("examples", {})[split] = examples
+        logs.write(best_step, split, values)
+    logs.close()  # every event on disk before the run counts as finished
+    results["wall_time_seconds"] = time.time() - started
+    if distributed.is_primary():
+        run_page.write_run_report(run.path, results)
+        files.write_json_atomic(run.results, results)
+    return results
+
+
+# --- small helpers ---------------------------------------------------------------------------
 
 
 def _step_flags(flags: list, step: int) -> list[tuple[int, bool]]:
@@ -752,54 +565,16 @@ def _describe(scalars: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
 
 
-def _resumed_best(meta: dict, selector: Selector) -> tuple[float, dict]:
-    """The best value so far and its scalars, from a checkpoint's metadata. A checkpoint
-    from before ``train.select_by`` existed was selected by validation perplexity; one
-    selected by another scalar than now starts the selection afresh."""
-    selected_by = meta.get("selected_by", "val/perplexity")
-    if selected_by != selector.metric:
-        log.info(
-            "the best checkpoint was selected by %s, now by %s: selection starts afresh",
-            selected_by,
-            selector.metric,
-        )
-        return selector.worst, {}
-    if "best_value" in meta:
-        value = meta["best_value"]
-        return (selector.worst if value is None else float(value)), dict(
-            meta.get("best_scalars") or {}
-        )
-    old = float(meta.get("best_val_perplexity", selector.worst))
-    return old, ({"val/perplexity": old} if math.isfinite(old) else {})
-
-
-def _json_number(value: float) -> float | None:
-    """``value``, or None where JSON has no number for it (infinities, NaN)."""
-    return value if math.isfinite(value) else None
-
-
-def _log_early_stop(bar: tqdm | None, watch: BestSoFar, selector: Selector, step: int) -> None:
+def _log_early_stop(bar: tqdm | None, p: Progress, selector: Selector) -> None:
     """Says that the run stops early, and why."""
+    watch = p.watch
     message = (
-        f"step {step}: no better {selector.metric} in {watch.stale} evaluations (best "
+        f"step {p.step}: no better {selector.metric} in {watch.stale} evaluations (best "
         f"{watch.best:.4g} at step {watch.best_step}): stopping early (train.patience)"
     )
     log.info(message)
     if bar is not None:
         bar.write(message)
-
-
-def _resumed_watch(
-    watch: BestSoFar, meta: dict, selector: Selector, best_value: float, step: int
-) -> BestSoFar:
-    """The early-stopping watch of a resumed run: the checkpoint's, when it watched the same
-    scalar; else one that starts from the best value so far."""
-    saved = meta.get("best_so_far")
-    if saved is not None and meta.get("selected_by", "val/perplexity") == selector.metric:
-        return watch.resumed(saved)
-    if math.isfinite(best_value):
-        return watch.resumed({"best": best_value, "best_step": step, "stale": 0})
-    return watch
 
 
 def _abstract(tree: Any) -> Any:

@@ -19,10 +19,10 @@ import numpy as np
 
 from mrnn_jax import files
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.run_dir import RunDir
 
 log = logging.getLogger("mrnn_jax")
 
-METRICS_FILE = "metrics.jsonl"
 # Row values that measure the wall clock: they differ between any two runs.
 TIMING_KEYS = ("time", "tokens_per_second")
 
@@ -53,7 +53,7 @@ class MetricsLog:
     """
 
     def __init__(self, workdir: str, enabled: bool = True):
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = RunDir.at(workdir).metrics
         self.enabled = enabled
         self.history: list[dict] = []
 

@@ -2,7 +2,7 @@
 
 The training step itself checks one reduction (the loss and the gradients' global norm) and,
 on a non-finite value, leaves the parameters and the optimiser state as they were (the update
-is skipped; see :func:`mrnn_jax.training.loop.make_train_step`). The host reads those flags
+is skipped; see :func:`mrnn_jax.training.step.make_train_step`). The host reads those flags
 whenever it logs, validates or saves, and applies the config's policy: ``train.on_nonfinite="skip"``
 counts skipped steps and stops the run after ``train.max_nonfinite_steps`` in a row;
 ``"stop"`` stops at the first one. Either way no non-finite parameter reaches a checkpoint,

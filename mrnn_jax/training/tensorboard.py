@@ -19,18 +19,10 @@ from collections.abc import Iterable, Mapping
 
 from tensorboardX import SummaryWriter
 
-EVENTS_PREFIX = "events.out.tfevents."
+from mrnn_jax.run_dir import RunDir
+
 # Keys of a metrics.jsonl row that are not scalars.
 ROW_KEYS = ("step", "split", "time")
-
-
-def event_files(logdir: str) -> list[str]:
-    """The TensorBoard event files directly in ``logdir``."""
-    if not os.path.isdir(logdir):
-        return []
-    return sorted(
-        os.path.join(logdir, name) for name in os.listdir(logdir) if name.startswith(EVENTS_PREFIX)
-    )
 
 
 class TensorBoardLog:
@@ -49,7 +41,7 @@ class TensorBoardLog:
         continues), then removes older event files (see the module's docstring)."""
         if not self.enabled:
             return
-        before = event_files(self.logdir)
+        before = RunDir.at(self.logdir).event_files()
         # A suffix of its own: a new file never reuses (and truncates) an old file's name.
         suffix = f".{os.getpid()}.{os.urandom(4).hex()}"
         self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30, filename_suffix=suffix)

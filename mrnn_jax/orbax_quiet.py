@@ -1,0 +1,70 @@
+"""Orbax's and TensorStore's noise after a failed read or write, silenced at its source.
+
+A failed checkpoint read or write reaches the caller as one exception, which the command line
+reports in one line. Orbax's worker threads go on reporting the same failure (absl log
+records, asyncio's "Task exception was never retrieved", TensorStore's callbacks into a closed
+event loop): those reports alone are dropped here; every other exception still reaches the
+previous hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+
+
+def _loop_closed(value: object) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+
+def filter_loop_closed() -> None:
+    """Orbax runs each write in an event loop of its own; after a failed read or write,
+    TensorStore's threads still call back into that closed loop and report "Event loop is
+    closed" (as unraisable exceptions, thread exceptions or through ``sys.excepthook``).
+    Those reports alone are dropped; every other exception still reaches the previous hook."""
+    if getattr(sys.unraisablehook, "_mrnn_quiet", False):
+        return
+    previous_unraisable, previous_thread, previous_except = (
+        sys.unraisablehook,
+        threading.excepthook,
+        sys.excepthook,
+    )
+
+    def unraisable(report) -> None:
+        if not _loop_closed(report.exc_value):
+            previous_unraisable(report)
+
+    def thread(args) -> None:
+        if not _loop_closed(args.exc_value):
+            previous_thread(args)
+
+    def uncaught(kind, value, traceback) -> None:
+        if not _loop_closed(value):
+            previous_except(kind, value, traceback)
+
+    unraisable._mrnn_quiet = True
+    sys.unraisablehook, threading.excepthook, sys.excepthook = unraisable, thread, uncaught
+
+
+def drop_leftovers() -> None:
+    """After a failed read or write, the error has reached us: orbax's abandoned tasks'
+    reports (asyncio's "Task exception was never retrieved", failed future callbacks, the
+    closed loop) are dropped."""
+    filter_loop_closed()
+    for name in ("asyncio", "concurrent.futures"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Orbax's own logging (absl) of a failed write silenced: the error is raised to us,
+    and the command line reports it in one line. After a failure it stays silenced, since
+    orbax's worker threads go on logging the same error until the process exits."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
