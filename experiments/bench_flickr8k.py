@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 
+from mrnn_jax.run_dir import RunDir
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 RETRIEVAL = r"""
@@ -86,9 +88,9 @@ def time_training(repo: str, data: str, steps: int, log_every: int) -> dict:
         run(repo, ["-m", "mrnn_jax", "train", "--config", "flickr8k", "--workdir", workdir,
                    "--no-progress", "--data-dir", data, "--features",
                    os.path.join(data, "features.npz"), *overrides])  # fmt: skip
-        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        with open(RunDir.at(workdir).metrics, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f]
-        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        with open(RunDir.at(workdir).config, encoding="utf-8") as f:
             config = json.load(f)
     train = [r for r in rows if r["split"] == "train"]
     val = next(r for r in rows if r["split"] == "val")

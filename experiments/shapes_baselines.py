@@ -18,6 +18,7 @@ import platform
 import time
 
 from mrnn_jax import configs
+from mrnn_jax.run_dir import RunDir
 from mrnn_jax.training.loop import train_and_evaluate
 
 RUNS = {"m-RNN": [], "image-blind (zeroed image)": ["model.zero_image=True"]}
@@ -25,7 +26,7 @@ RUNS = {"m-RNN": [], "image-blind (zeroed image)": ["model.zero_image=True"]}
 
 def _run(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
     workdir = os.path.join(args.workdir, "shapes" if not overrides else "shapes_blind")
-    results_path = os.path.join(workdir, "results.json")
+    results_path = RunDir.at(workdir).results
     if args.reuse and os.path.exists(results_path):
         with open(results_path, encoding="utf-8") as f:
             return json.load(f)

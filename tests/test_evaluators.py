@@ -105,7 +105,7 @@ def _curves_png(page: str) -> Image.Image:
 
 def test_run_report_draws_every_curve(cider_run):
     workdir, _ = cider_run
-    with open(os.path.join(workdir, run_page.RUN_REPORT), encoding="utf-8") as f:
+    with open(os.path.join(workdir, run_dir.REPORT_FILE), encoding="utf-8") as f:
         page = f.read()
     assert 'data-selected-by="val/CIDEr-D"' in page
     image = np.asarray(_curves_png(page))
@@ -136,7 +136,7 @@ def test_run_report_shows_the_curves_in_a_browser(cider_run, tmp_path):
             "--disable-gpu",
             f"--screenshot={shot}",
             "--window-size=1300,1200",
-            "file://" + os.path.join(workdir, run_page.RUN_REPORT),
+            "file://" + os.path.join(workdir, run_dir.REPORT_FILE),
         ],
         capture_output=True,
         timeout=120,

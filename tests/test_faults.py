@@ -607,7 +607,7 @@ def _assert_same_run(workdir: str, reference: str) -> None:
         open(os.path.join(reference, "results.json")) as g,
     ):
         assert json.load(f)["splits"] == json.load(g)["splits"]
-    assert os.path.exists(os.path.join(workdir, run_page.RUN_REPORT))
+    assert os.path.exists(os.path.join(workdir, run_dir.REPORT_FILE))
 
 
 def _start_in(cwd: str, workdir: str, *extra: str, env: dict[str, str]) -> subprocess.Popen:
@@ -808,11 +808,11 @@ def test_signal_during_the_last_evaluation_or_the_report_stops_and_the_rerun_fin
 def test_finished_run_missing_its_report_gets_it_back(tiny_run, tmp_path, mrnn_log):
     workdir = str(tmp_path / "run")
     shutil.copytree(tiny_run, workdir)
-    os.remove(os.path.join(workdir, run_page.RUN_REPORT))
+    os.remove(os.path.join(workdir, run_dir.REPORT_FILE))
     result = run_mrnn("train", "--config", "tiny", "--workdir", workdir, "--no-progress")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "finished at step 20 already" in result.stderr
-    assert os.path.exists(os.path.join(workdir, run_page.RUN_REPORT))
+    assert os.path.exists(os.path.join(workdir, run_dir.REPORT_FILE))
     assert _rows(workdir) == _rows(tiny_run)
 
 

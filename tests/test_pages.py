@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mrnn_jax import run_dir
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.pages import captions_page, common, retrieval_page, run_page
 from mrnn_jax.pages.captions_page import ReportItem, write_html
@@ -678,7 +679,7 @@ def test_run_page_is_escaped_and_well_formed(tmp_path: Path) -> None:
         },
     }
     path = Path(run_page.write_run_report(workdir, results))
-    assert path == workdir / run_page.RUN_REPORT
+    assert path == workdir / run_dir.REPORT_FILE
     root = parse(path)
     assert root.find_all("script") == [] and root.find_all("i") == []
     assert root.find_all("h1")[0].text() == "m-RNN training run: run <b>"

@@ -12,8 +12,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 from mrnn_jax.pages import common
+from mrnn_jax.run_dir import RunDir
 
-RUN_REPORT = "report.html"
 """The training run's page, in its work directory."""
 
 # Scalars not worth a curve: counts, and NLL (perplexity carries it).
@@ -122,7 +122,8 @@ def write_run_report(workdir: str | os.PathLike[str], results: Mapping) -> str:
     (:func:`training_curves_png`, from ``workdir/metrics.jsonl``) and example captions.
     Returns the page's path."""
     workdir = os.fspath(workdir)
-    rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    run = RunDir.at(workdir)
+    rows = read_metrics(run.metrics)
     splits = dict(results.get("splits", {}))
     png = training_curves_png(rows, skip_splits=tuple(splits))
     selected = results.get("selected_by", {})
@@ -156,6 +157,6 @@ def write_run_report(workdir: str | os.PathLike[str], results: Mapping) -> str:
             for split, split_examples in results.get("examples", {}).items()
         ],
     )
-    path = os.path.join(workdir, RUN_REPORT)
+    path = run.report
     common.write_page(path, text, "run report")
     return path
