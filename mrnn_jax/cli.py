@@ -370,13 +370,11 @@ def _decoding(args: argparse.Namespace) -> dict:
     strategy = "beam" if args.beam_size is not None else "sample" if args.strategy else "greedy"
     fields = [(flag, f) for flag, f in api.decoding_flags() if f.name != "strategy"]
     given = {f.name: getattr(args, f.name) for _, f in fields if getattr(args, f.name) is not None}
-    for only in ("sample", "beam"):
-        named = [flag for flag, f in fields if f.metadata["only"] == only]
-        if strategy != only and any(
-            given[f.name] != f.default for _, f in fields if f.metadata["only"] == only
-        ):
-            verb = "apply" if len(named) > 1 else "applies"
-            raise MrnnError(f"{' and '.join(named)} {verb} to --{only} only")
+    for only in ("sample", "beam"):  # options of one strategy, set for another
+        own = [(flag, f) for flag, f in fields if f.metadata["only"] == only]
+        if strategy != only and any(given[f.name] != f.default for _, f in own):
+            verb = "apply" if len(own) > 1 else "applies"
+            raise MrnnError(f"{' and '.join(flag for flag, _ in own)} {verb} to --{only} only")
     if strategy == "greedy" and given["num_return"] != 1:
         raise MrnnError("--top needs --beam or --sample")
     return {**given, "strategy": strategy}

@@ -124,7 +124,7 @@ class Evaluator:
         return self.every > 0 and (step % self.every == 0 or last)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Context:
     """What evaluators are built with.
 
@@ -292,7 +292,7 @@ def captions_entry(split: str, options: decode.DecodeOptions, **keys) -> dict:
     return {"kind": "captions", "split": split, **dataclasses.asdict(options), **keys}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CaptionsRun:
     """A captions evaluator's run: decode the split (:func:`captioning.generate_captions`),
     optionally rerank, score.
