@@ -10,6 +10,10 @@ quick-start notebook all call.
     api.retrieval_metrics(model, "test")
     api.evaluate_captioning(model, "test", strategy="beam", beam_size=3)
 
+Decoding keywords (``strategy``, ``beam_size``, ``num_return``, ``max_words``, ...) are the
+fields of :class:`DecodeOptions`, declared once in :mod:`mrnn_jax.decode`; split evaluations
+are drivers over the evaluators of :mod:`mrnn_jax.evaluation.evaluators`.
+
 Images are given as file paths or arrays: uint8 pixels ``[N, S, S, 3]``, or for a run trained
 on precomputed features, feature rows ``[N, D]`` (pixels too, when the run was loaded with
 the CNN's weights: ``load(..., encoder_weights=FILE)``).
@@ -56,6 +60,7 @@ __all__ = [
     "retrieval_metrics",
     "score",
     "search",
+    "split_context",
     "use_data",
 ]
 
