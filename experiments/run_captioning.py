@@ -30,11 +30,10 @@ import os
 import platform
 import time
 
-from mrnn_jax import captioner
-from mrnn_jax.data.pipeline import CaptionTable
-from mrnn_jax.decode import DecodeOptions
+from mrnn_jax import api
+from mrnn_jax.api import DecodeOptions
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.evaluation import captioning, coco_metrics
+from mrnn_jax.evaluation import captioning, coco_metrics, evaluators
 from mrnn_jax.files import write_json_atomic, write_text_atomic
 from mrnn_jax.pages import captions_page
 
@@ -61,13 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="beam sizes to evaluate besides greedy (none: greedy only)",
     )
     parser.add_argument(
-        "--length-penalty", type=float, default=0.0, help="beam search length penalty alpha"
-    )
-    parser.add_argument(
         "--sample", action="store_true", help="also evaluate sampling (the 2014 paper)"
     )
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument(
         "--rerank",
         choices=("none", "consensus"),
@@ -94,7 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="beam size whose n-best is reranked (default: the config's rerank.num_hypotheses)",
     )
     parser.add_argument("--max-images", type=int, default=None, help="first N images only")
-    parser.add_argument("--max-words", type=int, default=None, help="longest caption in words")
+    # The decoding options' own flags (mrnn_jax.decode.DecodeOptions), applied to every
+    # strategy they concern; --beam and --sample above choose the strategies.
+    for flag, field in api.decoding_flags():
+        if field.name not in ("strategy", "beam_size", "num_return"):
+            settings = {"default": field.default, **field.metadata["argparse"]}
+            if settings.get("action") != "store_true":
+                settings["type"] = type(field.default)
+            parser.add_argument(flag, dest=field.name, help=field.metadata["help"], **settings)
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch")
     parser.add_argument("--out", default="results", help="output folder")
     parser.add_argument(
@@ -106,14 +107,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def strategies(args: argparse.Namespace, max_words: int) -> dict[str, DecodeOptions]:
     """The decoding strategies to evaluate, by display name."""
-    out = {"greedy": DecodeOptions(strategy="greedy", max_words=max_words)}
+    shared = {"max_words": max_words, "allow_unk": args.allow_unk}
+    out = {"greedy": DecodeOptions(strategy="greedy", **shared)}
     for k in args.beam:
         out[f"beam K={k}"] = DecodeOptions(
-            strategy="beam", beam_size=k, max_words=max_words, length_penalty=args.length_penalty
+            strategy="beam", beam_size=k, length_penalty=args.length_penalty, **shared
         )
     if args.sample:
         out[f"sample T={args.temperature:g}"] = DecodeOptions(
-            strategy="sample", max_words=max_words, temperature=args.temperature, seed=args.seed
+            strategy="sample", temperature=args.temperature, seed=args.seed, **shared
         )
     return out
 
@@ -146,11 +148,16 @@ def rerank_details(args: argparse.Namespace, model) -> list[dict] | None:
     return [{**dataclasses.asdict(o), "references_kept": o.references_kept} for o in chosen]
 
 
-def reranked(args, model, setup, max_words: int, perplexity: float) -> dict[str, Reranked]:
-    """The plain beam of rerank.num_hypotheses and its consensus rerankings, by row name."""
-    from mrnn_jax.evaluation import consensus
+def _evaluate(context, name: str, options: DecodeOptions, params, **run) -> Reranked:
+    """One row: a captions evaluator of the split decoding with ``options``, all metrics."""
+    entry = evaluators.captions_entry(context.split, options, metrics=None)
+    result = evaluators.build(name, entry, context.evaluators).run(params, **run)
+    return Reranked(options, result.captions)
 
-    data, mesh, batch_size, params = setup.data, setup.mesh, setup.batch_size, setup.params
+
+def reranked(args, model, context, params, max_words: int, perplexity: float):
+    """The plain beam of rerank.num_hypotheses and its consensus rerankings, by row name:
+    captions evaluators reranking the plain beam's n-best (decoded once)."""
     first = _rerank_options(args, model)
     k = first.num_hypotheses
     options = DecodeOptions(
@@ -159,32 +166,36 @@ def reranked(args, model, setup, max_words: int, perplexity: float) -> dict[str,
         num_return=k,
         max_words=max_words,
         length_penalty=args.length_penalty,
+        allow_unk=args.allow_unk,
     )
-    common = dict(
-        max_words=model.config.dataset.max_words,
-        batch_size=batch_size,
-        mesh=mesh,
-        perplexity=perplexity,
-    )
-    plain = captioning.evaluate_captioning(
-        model.model, params, data, model.vocab, options, progress=not args.no_progress, **common
-    )
-    rows = {f"beam K={k} n-best": Reranked(options, plain)}
-    reranker = consensus.load_reranker(model.model, params, model.config, first, batch_size)
+    plain = _evaluate(context, "n-best", options, params, perplexity=perplexity)
+    rows = {f"beam K={k} n-best": plain}
+    reranker = None
     for metric in args.rerank_metric or [first.metric]:
-        reranker = reranker.with_metric(metric)
-        result = captioning.evaluate_captioning(
-            model.model,
-            params,
-            data,
-            model.vocab,
+        entry = evaluators.captions_entry(
+            context.split,
             options,
-            generated=plain.captions,
-            reranker=reranker,
-            **common,
+            metrics=None,
+            rerank="consensus",
+            rerank_metric=metric,
+            rerank_features=args.rerank_features,
+            rerank_hypotheses=k,
         )
-        rows[f"beam K={k} + consensus {metric}"] = Reranked(options, result)
+        run = evaluators.build(metric, entry, context.evaluators).run
+        reranker = run.reranker(params) if reranker is None else reranker.with_metric(metric)
+        result = run(
+            params, perplexity=perplexity, generated=plain.result.captions, reranker=reranker
+        )
+        rows[f"beam K={k} + consensus {metric}"] = Reranked(options, result.captions)
     return rows
+
+
+@dataclasses.dataclass
+class SplitContext:
+    """The split being evaluated and what its evaluators are built with."""
+
+    split: str
+    evaluators: evaluators.Context
 
 
 def markdown_table(rows: dict[str, dict[str, float | None]]) -> str:
@@ -204,16 +215,22 @@ def main(argv: list[str] | None = None) -> None:
     """Evaluates every strategy and writes the outputs."""
     args = parse_args(argv)
     started = time.time()
-    model = captioner.load(args.checkpoint, "latest" if args.latest else "best")
+    model = api.load(args.checkpoint, "latest" if args.latest else "best")
     max_words = args.max_words or model.config.eval.max_decode_words
-    setup = captioning.prepare_split_evaluation(model, args.split, args.max_images, args.batch_size)
-    data, mesh, batch_size, params = setup.data, setup.mesh, setup.batch_size, setup.params
+    built, params = api.split_context(
+        model,
+        args.split,
+        max_images=args.max_images,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    context = SplitContext(args.split, built)
+    data = built.splits[args.split]
     os.makedirs(args.out, exist_ok=True)
 
-    table = CaptionTable.build_uncut(data.records, model.vocab, model.config.dataset.max_words)
-    perplexity = captioning.split_perplexity(
-        model.model, params, table, data.inputs, batch_size, mesh
-    )["perplexity"]
+    perplexity_entry = {"kind": "perplexity", "split": args.split}
+    perplexity = evaluators.build("perplexity", perplexity_entry, built).run(params)
+    perplexity = perplexity.values["perplexity"]
     chosen = strategies(args, max_words)
     rows, results, unavailable = {}, {}, {}
 
@@ -233,23 +250,11 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     for name, options in chosen.items():
-        result = captioning.evaluate_captioning(
-            model.model,
-            params,
-            data,
-            model.vocab,
-            options,
-            max_words=model.config.dataset.max_words,
-            batch_size=batch_size,
-            mesh=mesh,
-            progress=not args.no_progress,
-            perplexity=perplexity,
-        )
-        record(name, result)
+        record(name, _evaluate(context, name, options, params, perplexity=perplexity).result)
     if args.rerank == "consensus":
-        for name, result in reranked(args, model, setup, max_words, perplexity).items():
-            chosen[name] = result.options
-            record(name, result.result)
+        for name, row in reranked(args, model, context, params, max_words, perplexity).items():
+            chosen[name] = row.options
+            record(name, row.result)
 
     markdown = markdown_table(rows)
     details = (

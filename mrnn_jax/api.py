@@ -10,6 +10,10 @@ quick-start notebook all call.
     api.retrieval_metrics(model, "test")
     api.evaluate_captioning(model, "test", strategy="beam", beam_size=3)
 
+Decoding keywords (``strategy``, ``beam_size``, ``num_return``, ``max_words``, ...) are the
+fields of :class:`DecodeOptions`, declared once in :mod:`mrnn_jax.decode`; split evaluations
+are drivers over the evaluators of :mod:`mrnn_jax.evaluation.evaluators`.
+
 Images are given as file paths or arrays: uint8 pixels ``[N, S, S, 3]``, or for a run trained
 on precomputed features, feature rows ``[N, D]`` (pixels too, when the run was loaded with
 the CNN's weights: ``load(..., encoder_weights=FILE)``).
@@ -28,17 +32,19 @@ from tqdm.auto import tqdm
 
 from mrnn_jax import decode
 from mrnn_jax.captioner import Captioner, load
+from mrnn_jax.decode import DecodeOptions
+from mrnn_jax.decode import flags as decoding_flags
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.evaluation import captioning, retrieval
-from mrnn_jax.files import write_json_atomic
+from mrnn_jax.evaluation import captioning, evaluators, retrieval
+from mrnn_jax.files import write_json_atomic, write_text_atomic
 from mrnn_jax.images import ImageError
-from mrnn_jax.pages import retrieval_page
 
 log = logging.getLogger("mrnn_jax")
 
 __all__ = [
     "Caption",
     "CaptionEvaluation",
+    "DecodeOptions",
     "Gallery",
     "Match",
     "SearchResult",
@@ -47,10 +53,14 @@ __all__ = [
     "extraction_images",
     "image_paths",
     "load",
+    "decode_options",
+    "decoding_flags",
     "load_gallery",
+    "RetrievalReport",
     "retrieval_metrics",
     "score",
     "search",
+    "split_context",
     "use_data",
 ]
 
@@ -68,37 +78,26 @@ class Caption(NamedTuple):
     log_prob: float
 
 
+def decode_options(model: Captioner, **decoding: Any) -> DecodeOptions:
+    """The :class:`~mrnn_jax.decode.DecodeOptions` that ``decoding`` (any of its fields as
+    keywords) names: greedy by default, at most the run's ``eval.max_decode_words`` words
+    unless ``max_words`` says otherwise (None also means the run's)."""
+    decode.check_names(decoding)
+    return DecodeOptions.from_mapping(decoding, max_words=model.config.eval.max_decode_words)
+
+
 def caption(
-    model: Captioner,
-    images: Images,
-    *,
-    strategy: str = "greedy",
-    beam_size: int = 3,
-    num_return: int = 1,
-    max_words: int | None = None,
-    temperature: float = 1.0,
-    length_penalty: float = 0.0,
-    seed: int = 0,
-    allow_unk: bool = False,
-    batch_size: int = 32,
+    model: Captioner, images: Images, *, batch_size: int = 32, **decoding: Any
 ) -> list[list[Caption]]:
     """For each image, up to ``num_return`` captions with their log-probabilities, best first.
 
-    ``strategy`` is ``greedy`` (one caption), ``beam`` (``beam_size`` beams, GNMT
+    ``decoding`` is any of :class:`~mrnn_jax.decode.DecodeOptions`' fields: ``strategy`` is
+    ``greedy`` (one caption, the default), ``beam`` (``beam_size`` beams, GNMT
     ``length_penalty``) or ``sample`` (``num_return`` draws at ``temperature`` from
-    ``seed``). ``max_words`` defaults to the run's caption length. ``<unk>`` is never
-    chosen unless ``allow_unk``.
+    ``seed``). ``max_words`` defaults to the run's caption length. ``<unk>`` is never chosen
+    unless ``allow_unk``.
     """
-    options = model.options(
-        strategy=strategy,
-        beam_size=beam_size,
-        num_return=num_return,
-        temperature=temperature,
-        length_penalty=length_penalty,
-        seed=seed,
-        allow_unk=allow_unk,
-        max_words=max_words,
-    )
+    options = decode_options(model, **decoding)
     results = model.generate(model.image_inputs(images), options, batch_size=batch_size)
     return [[Caption(text, log_prob) for text, log_prob in row] for row in results]
 
@@ -303,18 +302,28 @@ class CaptionEvaluation:
     result: captioning.CaptioningResult
 
 
+def split_context(
+    model: Captioner,
+    split: str,
+    *,
+    max_images: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> tuple[evaluators.Context, Any]:
+    """What evaluators of ``split`` of the run's dataset are built with (its first
+    ``max_images`` images only, if given), and the parameters placed on every device."""
+    setup = captioning.prepare_split_evaluation(model, split, max_images, batch_size)
+    context = evaluators.Context(
+        model.config, model.model, model.vocab, {split: setup.data}, setup.mesh,
+        setup.batch_size, progress,
+    )  # fmt: skip
+    return context, setup.params
+
+
 def evaluate_captioning(
     model: Captioner,
     split: str = "test",
     *,
-    strategy: str = "greedy",
-    beam_size: int = 3,
-    num_return: int = 1,
-    max_words: int | None = None,
-    temperature: float = 1.0,
-    length_penalty: float = 0.0,
-    seed: int = 0,
-    allow_unk: bool = False,
     rerank: str | None = None,
     rerank_metric: str | None = None,
     rerank_features: str | None = None,
@@ -323,69 +332,43 @@ def evaluate_captioning(
     json_path: str | None = None,
     checkpoint: str = "",
     progress: bool = True,
+    **decoding: Any,
 ) -> CaptionEvaluation:
     """Perplexity and the coco-caption metrics of captions generated for a split of the
-    run's dataset (decoding as in :func:`caption`; the first ``max_images`` images only if
+    run's dataset (``decoding`` as in :func:`caption`; the first ``max_images`` images only if
     given), also written as JSON to ``json_path`` if given (``checkpoint`` recorded in it).
 
     ``rerank="consensus"`` reranks the beam's n best by their agreement with the captions of
     the nearest training images (ICLR 2015 section 8; the config's ``rerank`` section, with
     ``rerank_metric`` / ``rerank_features`` overriding it; the beam size defaults to its
-    ``num_hypotheses``)."""
-    consensus_options = None
-    if rerank not in (None, "none"):
-        from mrnn_jax.evaluation import consensus
-
-        if rerank != "consensus":
-            raise MrnnError(f"unknown reranking {rerank!r}: choose consensus")
-        if strategy == "sample":
-            raise MrnnError("consensus reranking reranks beam-search hypotheses, not samples")
-        consensus_options = consensus.ConsensusOptions.from_config(
-            model.config.rerank,
-            metric=rerank_metric,
-            features=rerank_features,
-            num_hypotheses=beam_size if strategy == "beam" else None,
-        )
-        strategy = "beam"
-        beam_size = num_return = consensus_options.num_hypotheses
-    elif rerank_metric or rerank_features:
-        raise MrnnError("rerank_metric and rerank_features need rerank='consensus'")
-    options = model.options(
-        strategy=strategy,
-        beam_size=beam_size,
-        num_return=num_return,
-        temperature=temperature,
-        length_penalty=length_penalty,
-        seed=seed,
-        allow_unk=allow_unk,
-        max_words=max_words,
-    )
-    setup = captioning.prepare_split_evaluation(model, split, max_images, batch_size)
-    reranker = None
-    if consensus_options is not None:
-        reranker = consensus.load_reranker(
-            model.model, setup.params, model.config, consensus_options, setup.batch_size
-        )
-    result = captioning.evaluate_captioning(
-        model.model,
-        setup.params,
-        setup.data,
-        model.vocab,
+    ``num_hypotheses``). A ``captions`` evaluator
+    (:mod:`mrnn_jax.evaluation.evaluators`) does the work."""
+    options = decode_options(model, **decoding)
+    entry = evaluators.captions_entry(
+        split,
         options,
-        max_words=model.config.dataset.max_words,
-        batch_size=setup.batch_size,
-        mesh=setup.mesh,
-        progress=progress,
-        reranker=reranker,
+        metrics=None,
+        perplexity=True,
+        rerank=rerank or "none",
+        rerank_metric=rerank_metric,
+        rerank_features=rerank_features,
     )
+    if rerank in (None, "none") and (rerank_metric or rerank_features):
+        raise MrnnError("rerank_metric and rerank_features need rerank='consensus'")
+    context, params = split_context(
+        model, split, max_images=max_images, batch_size=batch_size, progress=progress
+    )
+    evaluator = evaluators.build(split, entry, context)
+    result = evaluator.run(params)
+    run = evaluator.run
     evaluation = CaptionEvaluation(
         split=split,
-        num_images=len(setup.data.records),
-        decoding=options,
-        rerank=consensus_options,
-        metrics=result.metrics,
+        num_images=len(context.splits[split].records),
+        decoding=run.options,
+        rerank=run.consensus,
+        metrics=result.values,
         unavailable=result.unavailable,
-        result=result,
+        result=result.captions,
     )
     if json_path:
         write_json_atomic(
@@ -395,14 +378,14 @@ def evaluate_captioning(
                 "step": model.step,
                 "split": split,
                 "num_images": evaluation.num_images,
-                "decoding": dataclasses.asdict(options),
+                "decoding": dataclasses.asdict(run.options),
                 "rerank": None
-                if consensus_options is None
+                if run.consensus is None
                 else {
-                    **dataclasses.asdict(consensus_options),
-                    "references_kept": consensus_options.references_kept,
+                    **dataclasses.asdict(run.consensus),
+                    "references_kept": run.consensus.references_kept,
                 },
-                "metrics": result.metrics,
+                "metrics": result.values,
                 "unavailable": result.unavailable,
             },
         )
@@ -429,6 +412,17 @@ def use_data(
     return model
 
 
+@dataclasses.dataclass(frozen=True)
+class RetrievalReport:
+    """Retrieval on a split: the metrics (per direction and ranking, R@1/5/10, median and
+    mean rank), the paper-style Markdown table with a line on the setting, and the JSON
+    record written to files."""
+
+    metrics: dict
+    table: str
+    payload: dict
+
+
 def retrieval_metrics(
     model: Captioner,
     split: str = "test",
@@ -443,21 +437,81 @@ def retrieval_metrics(
     html_queries: int = 10,
     checkpoint: str = "",
     progress: bool = True,
-) -> retrieval_page.RetrievalReport:
+) -> RetrievalReport:
     """Image-sentence retrieval on a split of the run's dataset, both directions as in the
-    paper's tables (R@1, R@5, R@10, median and mean rank); see
-    :func:`mrnn_jax.pages.retrieval_page.run` for the files it can write."""
-    return retrieval_page.run(
-        model,
-        split,
-        max_images=max_images,
-        prior_images=prior_images,
-        coco_1k=coco_1k,
-        sentence_tile=sentence_tile,
-        image_tile=image_tile,
-        json_path=json_path,
-        out=out,
-        html_queries=html_queries,
-        checkpoint=checkpoint,
-        progress=progress,
+    paper's tables (R@1, R@5, R@10, median and mean rank; see ``mrnn retrieve --help``), by
+    a ``retrieval`` evaluator (:mod:`mrnn_jax.evaluation.evaluators`): returned with the
+    paper's table, and written as JSON to ``json_path`` and as JSON, Markdown and an HTML
+    page of ``html_queries`` example queries per direction into the folder ``out``
+    (default: ``json_path``'s folder; with neither, nothing is written). ``checkpoint``
+    (the run's path) names the model in the table and the JSON."""
+    import platform
+    import time
+
+    from mrnn_jax import sharding
+    from mrnn_jax.data import load_dataset
+
+    started = time.time()
+    for option, value in (("max_images", max_images), ("prior_images", prior_images)):
+        if value is not None and value < 1:
+            raise MrnnError(f"--{option.replace('_', '-')} must be at least 1")
+    wanted = [split, *(["train"] if prior_images else [])]
+    splits = load_dataset(model.config.dataset, model.config.encoder, wanted).splits
+    if split not in splits:
+        raise MrnnError(f"dataset has no split {split!r}: {sorted(splits)}")
+    context = evaluators.Context(
+        model.config, model.model, model.vocab, splits, sharding.make_mesh(),
+        int(model.config.eval.batch_size), progress,
+    )  # fmt: skip
+    entry = {
+        "kind": "retrieval",
+        "split": split,
+        "num_images": max_images or 0,
+        "prior_images": prior_images or 0,
+        "fold_size": 1000 if coco_1k else 0,
+        "sentence_tile": sentence_tile,
+        "image_tile": image_tile,
+    }
+    ranks = evaluators.build(split, entry, context).run(model.params).ranks
+    results, prior = ranks.metrics, ranks.prior_images
+    name = f"m-RNN ({os.path.basename(os.path.abspath(checkpoint))})" if checkpoint else "m-RNN"
+    markdown = retrieval.markdown_table(name, results)
+    details = (
+        f"{split} split, {len(ranks.records)} images, {len(ranks.table)} sentences"
+        f"{', COCO 1K folds' if coco_1k else ''}; P(S) over "
+        f"{f'{prior} training images' if prior is not None else 'the split images'}; "
+        f"{platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
+        f"{time.time() - started:.0f} s"
     )
+    payload = {
+        "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+        "step": model.step,
+        "split": split,
+        "num_images": len(ranks.records),
+        "num_sentences": len(ranks.table),
+        "coco_1k": bool(coco_1k),
+        "prior_images": prior,
+        "metrics": results,
+        "tie_rule": "a wrong item scoring as high as the first correct one ranks ahead of it",
+    }
+    if json_path:
+        write_json_atomic(json_path, payload)
+    out = out or (os.path.dirname(os.path.abspath(json_path)) if json_path else None)
+    if out:
+        from mrnn_jax.pages import retrieval_page
+
+        os.makedirs(out, exist_ok=True)
+        write_text_atomic(os.path.join(out, f"retrieval_{split}.md"), f"{markdown}\n\n{details}\n")
+        write_json_atomic(os.path.join(out, f"retrieval_{split}.json"), payload)
+        retrieval_page.write_page(
+            os.path.join(out, f"retrieval_{split}.html"),
+            model,
+            ranks.records,
+            ranks.inputs,
+            ranks.table,
+            ranks.scores,
+            ranks.log_prior,
+            results,
+            html_queries,
+        )
+    return RetrievalReport(metrics=results, table=f"{markdown}\n\n{details}", payload=payload)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from mrnn_jax import checkpoint_reader, configs, decode, losses
+from mrnn_jax import checkpoint_reader, configs, decode
 from mrnn_jax.encoders import takes_pixels
 from mrnn_jax.encoders.extractor import FeatureExtractor, from_provenance
 from mrnn_jax.errors import MrnnError
@@ -98,72 +98,38 @@ class Captioner:
             "images by extracting the same features first"
         )
 
-    def options(self, **overrides) -> decode.DecodeOptions:
-        """Decoding options: greedy with the run's caption length, changed by ``overrides``
-        (``max_words=None`` also means the run's caption length)."""
-        if overrides.get("max_words") is None:
-            overrides["max_words"] = self.config.eval.max_decode_words
-        return decode.DecodeOptions(**overrides)
-
     def generate(
         self,
         image_inputs: np.ndarray,
-        options: decode.DecodeOptions | None = None,
+        options: decode.DecodeOptions,
         batch_size: int = 32,
-        reranker=None,
     ) -> list[list[tuple[str, float]]]:
         """For each image input, up to ``options.num_return`` captions with log-probabilities,
-        best first (greedy by default). Images go through in padded batches of
-        ``batch_size`` (or fewer, for a few images), so a new image count does not recompile.
-        With a ``reranker`` (:meth:`consensus_reranker`) each image's captions (the beam's
-        n-best: pass ``num_return`` = ``beam_size``) come back in consensus order.
-        """
-        options = options or self.options()
+        best first (:func:`~mrnn_jax.evaluation.captioning.generate_captions`, the one
+        decode-to-text path). Images go through in padded batches of ``batch_size`` (or
+        fewer, for a few images), so a new image count does not recompile."""
         image_inputs = np.asarray(image_inputs)
         batch_size = min(batch_size, 1 << max(len(image_inputs) - 1, 0).bit_length())
-        generated = captioning.generate_captions(
+        return captioning.generate_captions(
             self.model, self.params, image_inputs, self.vocab, options, batch_size
         )
-        return generated if reranker is None else reranker.rerank(image_inputs, generated)
 
-    def consensus_reranker(self, max_train_images: int | None = None, **overrides):
-        """A :class:`~mrnn_jax.evaluation.consensus.ConsensusReranker` over the run's training
-        images (the dataset of its config; the first ``max_train_images`` only, if given), with the
-        config's ``rerank`` values changed by ``overrides`` (e.g. ``metric="BLEU"``)."""
-        from mrnn_jax.evaluation import consensus
-
-        options = consensus.ConsensusOptions.from_config(self.config.rerank, **overrides)
-        return consensus.load_reranker(
-            self.model, self.params, self.config, options, max_train_images=max_train_images
-        )
-
-    def rerank_options(self, **overrides) -> decode.DecodeOptions:
-        """Beam-search options returning the n-best that consensus reranking reorders (the
-        config's ``rerank.num_hypotheses`` beams), changed by ``overrides``."""
-        k = int(self.config.rerank.num_hypotheses)
-        return self.options(**{"strategy": "beam", "beam_size": k, "num_return": k, **overrides})
-
-    def caption(
-        self, image_inputs: np.ndarray, max_words: int | None = None
-    ) -> list[tuple[str, float]]:
-        """Greedy caption and its log-probability for each image input (pixels or features)."""
-        options = self.options(max_words=max_words)
-        return [candidates[0] for candidates in self.generate(image_inputs, options)]
+    # Two shorthands of mrnn_jax.api, kept for notebooks written against this class.
 
     def caption_files(
         self, paths: Sequence[str | os.PathLike], max_words: int | None = None
     ) -> list[tuple[str, float]]:
-        """Greedy caption and log-probability for each image file."""
-        return self.caption(self.image_inputs(paths), max_words)
+        """Greedy caption and log-probability for each image file (:func:`mrnn_jax.api.caption`)."""
+        from mrnn_jax import api
+
+        return [tuple(row[0]) for row in api.caption(self, list(paths), max_words=max_words)]
 
     def log_likelihood(self, image_inputs: np.ndarray, captions: Sequence[str]) -> np.ndarray:
-        """log P(caption | image) in nats, for aligned lists of image inputs and captions."""
-        tokens = self.vocab.encode_batch(
-            [self.vocab.tokenize(c) for c in captions], self.config.dataset.max_words
-        )
-        inputs, targets, mask = losses.shift_tokens(tokens)
-        logits = self.model.apply({"params": self.params}, np.asarray(image_inputs), inputs)
-        return -np.asarray((losses.token_nll(logits, targets) * mask).sum(-1))
+        """log P(caption | image) in nats for aligned lists of image inputs and captions: the
+        diagonal of :func:`mrnn_jax.api.score`'s matrix."""
+        from mrnn_jax import api
+
+        return np.diagonal(api.score(self, np.asarray(image_inputs), list(captions))).copy()
 
 
 def load(

@@ -67,11 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_checkpoint_arguments(caption)
     _add_encoder_weights_argument(caption)
-    caption.add_argument("--max-words", type=int, default=None, help="longest caption, in words")
     _add_decoding_arguments(caption)
-    caption.add_argument(
-        "--top", type=int, default=1, help="captions per image (beam search or sampling)"
-    )
     caption.add_argument("images", nargs="+", help="image files")
 
     evaluate = sub.add_parser(
@@ -350,50 +346,38 @@ def _load_for_data(args: argparse.Namespace):
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags, one per :class:`mrnn_jax.api.DecodeOptions` field (its metadata
+    says the flag, the help and what else argparse needs)."""
+    from mrnn_jax import api
+
     group = parser.add_argument_group("decoding (default: greedy)")
-    group.add_argument("--beam", type=int, default=None, metavar="K", help="beam search, K beams")
-    group.add_argument("--sample", action="store_true", help="sample words (the 2014 paper)")
-    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed")
-    group.add_argument(
-        "--length-penalty", type=float, default=0.0, help="beam search length penalty alpha"
-    )
-    group.add_argument(
-        "--allow-unk",
-        action="store_true",
-        help="let captions contain <unk> (by default the unknown-word token is never chosen)",
-    )
+    for flag, field in api.decoding_flags():
+        settings = {"default": field.default, **field.metadata["argparse"]}
+        if settings.get("action") == "store_true":
+            settings["default"] = False
+        else:
+            settings["type"] = type(field.default)
+        group.add_argument(flag, dest=field.name, help=field.metadata["help"], **settings)
 
 
 def _decoding(args: argparse.Namespace) -> dict:
-    """The decoding flags as :func:`mrnn_jax.api.caption`'s keyword arguments."""
-    if args.beam is not None and args.sample:
+    """The decoding flags as :func:`mrnn_jax.api.caption`'s keyword arguments (the fields of
+    :class:`mrnn_jax.api.DecodeOptions` given a value)."""
+    from mrnn_jax import api
+
+    if args.beam_size is not None and args.strategy:
         raise MrnnError("choose --beam or --sample, not both")
-    if not args.sample and (args.temperature != 1.0 or args.seed != 0):
-        raise MrnnError("--temperature and --seed apply to --sample only")
-    if args.beam is None and args.length_penalty != 0.0:
-        raise MrnnError("--length-penalty applies to --beam only")
-    top = getattr(args, "top", 1)
-    fields = {"max_words": getattr(args, "max_words", None), "num_return": top}
-    if args.beam is not None:
-        return {
-            **fields,
-            "strategy": "beam",
-            "beam_size": args.beam,
-            "length_penalty": args.length_penalty,
-            "allow_unk": args.allow_unk,
-        }
-    if args.sample:
-        return {
-            **fields,
-            "strategy": "sample",
-            "temperature": args.temperature,
-            "seed": args.seed,
-            "allow_unk": args.allow_unk,
-        }
-    if top != 1:
+    strategy = "beam" if args.beam_size is not None else "sample" if args.strategy else "greedy"
+    fields = [(flag, f) for flag, f in api.decoding_flags() if f.name != "strategy"]
+    given = {f.name: getattr(args, f.name) for _, f in fields if getattr(args, f.name) is not None}
+    for only in ("sample", "beam"):  # options of one strategy, set for another
+        own = [(flag, f) for flag, f in fields if f.metadata["only"] == only]
+        if strategy != only and any(given[f.name] != f.default for _, f in own):
+            verb = "apply" if len(own) > 1 else "applies"
+            raise MrnnError(f"{' and '.join(flag for flag, _ in own)} {verb} to --{only} only")
+    if strategy == "greedy" and given["num_return"] != 1:
         raise MrnnError("--top needs --beam or --sample")
-    return {**fields, "strategy": "greedy", "allow_unk": args.allow_unk}
+    return {**given, "strategy": strategy}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -441,7 +425,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mrnn_jax import api
 
     model = _load_for_data(args)
-    decoding = {k: v for k, v in _decoding(args).items() if v is not None}
+    decoding = _decoding(args)
     if args.rerank != "consensus" and (args.rerank_metric or args.rerank_features):
         raise MrnnError("--rerank-metric and --rerank-features need --rerank consensus")
     evaluation = api.evaluate_captioning(
@@ -548,7 +532,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if gallery.skipped:
             print(f"gallery: skipped {len(gallery.skipped)} unreadable image(s)", file=sys.stderr)
-    app = server.create_app(model, gallery, limits, beam_size=args.beam, num_return=args.top)
+    decoding = {"strategy": "beam", "beam_size": args.beam, "num_return": args.top}
+    app = server.create_app(model, gallery, limits, **decoding)
     print(f"mrnn serve: http://{args.host}:{args.port}/", flush=True)
     server.run(app, args.host, args.port)
     return 0

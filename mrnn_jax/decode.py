@@ -347,9 +347,23 @@ def beam(
 STRATEGIES = ("greedy", "sample", "beam")
 
 
+def _option(value, flag: str, help: str, only: str = "", **argparse) -> dataclasses.Field:
+    """A :class:`DecodeOptions` field (default ``value``) with what the command line says
+    about it: its
+    ``flag``, its ``help``, the strategy it applies to (``only``) and any further
+    ``argparse`` settings (metavar, action)."""
+    metadata = {"flag": flag, "help": help, "only": only, "argparse": argparse}
+    return dataclasses.field(default=value, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
-    """How to generate captions.
+    """How to generate captions: the one declaration of the decoding options.
+
+    Its fields are the keyword arguments of :func:`mrnn_jax.api.caption` and
+    :func:`mrnn_jax.api.evaluate_captioning`, the keys of a ``captions`` evaluator's config
+    entry, the decoding settings of ``mrnn serve``, and (from each field's metadata) the
+    decoding flags of ``mrnn caption`` and ``mrnn evaluate`` (:func:`flags`).
 
     Attributes:
       strategy: "greedy" (most probable word), "sample" (the 2014 paper) or "beam".
@@ -363,14 +377,35 @@ class DecodeOptions:
       allow_unk: let the unknown-word token be generated (off: it is never chosen).
     """
 
-    strategy: str = "greedy"
-    max_words: int = 20
-    beam_size: int = 3
-    num_return: int = 1
-    temperature: float = 1.0
-    length_penalty: float = 0.0
-    seed: int = 0
-    allow_unk: bool = False
+    strategy: str = _option(
+        "greedy", "--sample", "sample words (the 2014 paper)", action="store_true"
+    )
+    max_words: int = _option(
+        20, "--max-words", "longest caption, in words (default: the run's)", default=None
+    )
+    beam_size: int = _option(3, "--beam", "beam search, K beams", metavar="K", default=None)
+    num_return: int = _option(1, "--top", "captions per image (beam search or sampling)")
+    temperature: float = _option(1.0, "--temperature", "sampling temperature", "sample")
+    length_penalty: float = _option(
+        0.0, "--length-penalty", "beam search length penalty alpha", "beam"
+    )
+    seed: int = _option(0, "--seed", "sampling seed", "sample")
+    allow_unk: bool = _option(
+        False,
+        "--allow-unk",
+        "let captions contain <unk> (by default the unknown-word token is never chosen)",
+        action="store_true",
+    )
+
+    @classmethod
+    def from_mapping(cls, values, **defaults) -> DecodeOptions:
+        """The options named in ``values`` (a dict or config entry; other keys and None
+        values are ignored), the rest from ``defaults``, then the class defaults."""
+        chosen = {**defaults}
+        for name in FIELDS:
+            if values.get(name) is not None:
+                chosen[name] = values[name]
+        return cls(**chosen)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -387,6 +422,23 @@ class DecodeOptions:
             raise MrnnError(f"temperature must be positive, got {self.temperature}")
         if self.length_penalty < 0:
             raise MrnnError(f"length_penalty must be >= 0, got {self.length_penalty}")
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(DecodeOptions))
+
+
+def check_names(names) -> None:
+    """Raises :class:`MrnnError` for a name that is not a :class:`DecodeOptions` field."""
+    unknown = sorted(set(names) - set(FIELDS))
+    if unknown:
+        raise MrnnError(f"unknown decoding option(s) {unknown}: choose from {', '.join(FIELDS)}")
+
+
+def flags() -> list[tuple[str, dataclasses.Field]]:
+    """``(flag, field)`` for every option, in declaration order (for a command line: the
+    field's ``metadata`` holds its ``help``, the strategy it applies to, ``only``, and
+    further ``argparse`` settings; ``--sample`` and ``--beam K`` choose the strategy)."""
+    return [(f.metadata["flag"], f) for f in dataclasses.fields(DecodeOptions)]
 
 
 def generate(

@@ -24,7 +24,7 @@ import io
 import os
 import tempfile
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
@@ -89,18 +89,22 @@ class _BodyLimit:
                 await JSONResponse({"error": message}, 413)(scope, receive, send)
 
 
+#: What ``mrnn serve`` captions uploads with unless told otherwise.
+DECODING = {"strategy": "beam", "beam_size": 3, "num_return": 3}
+
+
 def create_app(
     model: Captioner,
     gallery: api.Gallery | None = None,
     limits: Limits | None = None,
-    *,
-    beam_size: int = 3,
-    num_return: int = 3,
+    **decoding: Any,
 ) -> FastAPI:
     """The FastAPI application serving ``model`` (and searching ``gallery``, if given).
 
-    Compiles the captioning and search programs before returning, so that the first request
-    is as fast as the others. ``limits`` default to :class:`~mrnn_jax.limits.Limits`' own.
+    Uploaded images are captioned with ``decoding`` (any :class:`~mrnn_jax.decode.DecodeOptions`
+    field; by default :data:`DECODING`, a beam of 3 returning all three). Compiles the
+    captioning and search programs before returning, so that the first request is as fast
+    as the others. ``limits`` default to :class:`~mrnn_jax.limits.Limits`' own.
     """
     limits = limits or Limits()
     if gallery is not None and len(gallery) > limits.max_gallery_images:
@@ -108,8 +112,9 @@ def create_app(
             f"the gallery has {len(gallery)} images, more than the limit of "
             f"{limits.max_gallery_images}"
         )
-    decoding = {"strategy": "beam", "beam_size": beam_size, "num_return": num_return}
-    model.options(**decoding)  # bad settings fail here, not at the first request
+    decoding = {**DECODING, **{k: v for k, v in decoding.items() if v is not None}}
+    options = api.decode_options(model, **decoding)  # bad settings fail here, not later
+    decoding = dataclasses.asdict(options)
     lock = threading.Lock()
     thumbnails: dict[int, bytes] = {}
     labels = _short_names(gallery.names) if gallery is not None else []

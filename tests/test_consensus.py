@@ -132,16 +132,19 @@ def test_options_come_from_the_config_and_are_checked():
 
 
 def test_captioner_reranks_its_beam_n_best():
-    from mrnn_jax.captioner import load
+    from mrnn_jax import api
 
     here = os.path.dirname(os.path.abspath(__file__))
-    captioner = load(os.path.join(here, "data", "tiny_checkpoint"))
-    reranker = captioner.consensus_reranker(max_train_images=32, num_neighbours=5)
+    captioner = api.load(os.path.join(here, "data", "tiny_checkpoint"))
+    options = consensus.ConsensusOptions.from_config(captioner.config.rerank, num_neighbours=5)
+    reranker = consensus.load_reranker(
+        captioner.model, captioner.params, captioner.config, options, max_train_images=32
+    )
     assert reranker.train_features.shape == (32, int(captioner.config.model.multimodal_dim))
     images = captioner.load_images([os.path.join(here, "data", "tiny_checkpoint", "sample.png")])
-    options = captioner.rerank_options(beam_size=3, num_return=3)
+    options = api.decode_options(captioner, strategy="beam", beam_size=3, num_return=3)
     plain = captioner.generate(images, options)
-    reranked = captioner.generate(images, options, reranker=reranker)
+    reranked = reranker.rerank(images, plain)
     assert sorted(reranked[0]) == sorted(plain[0]) and len(plain[0]) == 3
     rows = reranker.references(reranker.neighbours(images)[0])
     scores = reranker.consensus([c for c, _ in reranked[0]], reranker.neighbours(images)[0])

@@ -257,7 +257,7 @@ def test_retrieval_evaluator_logs_both_directions_of_its_subset():
     mesh = sharding.make_mesh(1)
     built = {e.name: e for e in evaluators.build_evaluators(config, model, vocab, splits, mesh)}
     assert built["retrieval"].every == 5 and built["perplexity"].every == config.train.eval_every
-    scalars = built["retrieval"].run(params)
+    scalars = built["retrieval"].run(params).scalars
     table = CaptionTable.build_uncut(val.records[:4], vocab, config.dataset.max_words)
     expected, _, _ = retrieval.evaluate_retrieval(
         model, {"params": params}, table.tokens, table.image_index, val.inputs[:4]
@@ -318,7 +318,7 @@ def test_captions_evaluator_scores_beam_captions_of_its_subset():
     params = model.init(jax.random.key(1), val.inputs[:1], np.zeros((1, 3), np.int32))["params"]
     mesh = sharding.make_mesh(1)
     built = {e.name: e for e in evaluators.build_evaluators(config, model, vocab, splits, mesh)}
-    scalars = built["captions"].run(params)
+    scalars = built["captions"].run(params).scalars
     assert set(scalars) == {
         "BLEU-1",
         "BLEU-2",

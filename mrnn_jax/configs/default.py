@@ -176,8 +176,8 @@ def get_config() -> ConfigDict:
     )
 
     # Consensus reranking (ICLR 2015 section 8; `mrnn evaluate --rerank consensus`,
-    # run_captioning.py --rerank consensus, Captioner.consensus_reranker): the n-best beam
-    # hypotheses reranked by their agreement with the captions of the nearest training
+    # run_captioning.py --rerank consensus, a captions evaluator's rerank="consensus"): the
+    # n-best beam hypotheses reranked by their agreement with the captions of the nearest training
     # images. Values: the authors' mRNN-CR package (validated there on COCO): neighbours by
     # Euclidean distance between the model's projected features V_I I ("projection"; "cnn"
     # uses I), k = 60 neighbours, the mean of the m best-agreeing references (0 = theirs:
@@ -190,12 +190,16 @@ def get_config() -> ConfigDict:
     c.rerank.num_hypotheses = 10
     c.rerank.metric = "CIDEr"
 
+    # The final evaluation (mrnn_jax/evaluation/final.py): when training ends, the best
+    # checkpoint's parameters go through one captions evaluator per split (greedy, with the
+    # split's perplexity), the same evaluators as above. batch_size is every evaluator's.
     c.eval = ConfigDict()
     c.eval.batch_size = 256
     # Splits evaluated (perplexity, greedy captions and their scores) when training ends.
     c.eval.splits = ("test",)
     # The coco-caption metrics of that final evaluation (METEOR needs Java on the PATH).
     c.eval.metrics = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
-    # Longest caption generated, in words.
+    # Longest caption generated, in words (every evaluator's, mrnn caption's and the API's
+    # default).
     c.eval.max_decode_words = 20
     return c

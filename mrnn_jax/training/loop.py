@@ -533,7 +533,7 @@ def _run_due_evaluators(
     """Runs the evaluators due after ``step``; returns their scalars as ``prefix/name``."""
     scalars = {}
     for evaluator in evaluators.due(run_evaluators, step, last):
-        for name, value in evaluator.run(params).items():
+        for name, value in evaluator.run(params).scalars.items():
             scalars[f"{evaluator.prefix}/{name}"] = float(value)
     return scalars
 
