@@ -18,7 +18,7 @@ WEIGHTS ?=
 DATA_FLAGS := $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FEATURES),--features $(FEATURES)) \
 	$(if $(WEIGHTS),encoder.name=$(ENCODER) encoder.weights=$(WEIGHTS))
 
-.PHONY: install lock browser test lint format train features bench clean help
+.PHONY: install lock browser test lint format train features bench gpu-check gpu-wheels clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -71,6 +71,29 @@ features: $(STAMP)  ## extract-features: ENCODER=vgg16|resnet50|alexnet WEIGHTS=
 
 bench: $(STAMP)  ## the benchmark suite: results/benchmark.json and .md (about 10 minutes on 2 CPU cores)
 	$(BIN)/python experiments/benchmark.py --json results/benchmark.json --markdown results/benchmark.md $(ARGS)
+
+# The GPU check (docs/gpu.md): every GPU figure in one process of about 5 minutes on one GPU,
+# written to OUT (default results/gpu_check) as gpu_check.json and gpu_check.md.
+# ARGS="--smoke" runs it at tiny sizes (a CPU, under a minute).
+gpu-check: $(STAMP)  ## the GPU check: OUT=folder (default results/gpu_check) [ARGS=--smoke]
+	$(BIN)/python experiments/gpu_check.py --out $(or $(OUT),results/gpu_check) $(ARGS)
+
+# Wheels, at the lock's versions, of what the GPU check needs that a GPU machine without a
+# package registry may lack (ml_collections needs absl-py and PyYAML; tensorboardX's numpy,
+# packaging and protobuf come with jax and tensorboard there). Python 3.12, x86_64 Linux.
+GPU_WHEELS := ml-collections tensorboardx pyyaml absl-py
+gpu-wheels:  ## download into .whl/ the wheels the GPU check needs that a GPU machine lacks
+	rm -rf .whl && mkdir -p .whl
+	@for name in $(GPU_WHEELS); do \
+		pin=$$(grep -i -m1 "^$$name==" $(LOCK) | cut -d' ' -f1); \
+		[ -n "$$pin" ] || { echo "make: $$name is not in $(LOCK)"; exit 1; }; \
+		echo "$$pin"; \
+		$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+			--implementation cp --platform manylinux_2_28_x86_64 \
+			--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+			-d .whl "$$pin" || exit 1; \
+	done
+	ls -l .whl
 
 clean:  ## remove build artefacts (not runs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
