@@ -203,14 +203,7 @@ def test_kill_nine_five_times_sigint_sigterm_then_resume_equals_uninterrupted(
     final = run_mrnn(*TRAIN_ARGS, "--workdir", workdir, env=env)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "resumed from" in final.stderr
-    _assert_same_params(workdir, reference, "latest")
-    _assert_same_params(workdir, reference, "best")
-    assert _rows(workdir) == _rows(reference)
-    with (
-        open(os.path.join(workdir, "results.json")) as f,
-        open(os.path.join(reference, "results.json")) as g,
-    ):
-        assert json.load(f)["splits"] == json.load(g)["splits"]
+    _assert_same_run(workdir, reference)
 
 
 def test_second_signal_stops_at_once_first_only_asks():
