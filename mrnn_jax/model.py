@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrnn_jax.configs.choices import COMPUTE_DTYPES
 from mrnn_jax.encoders import PrecomputedFeatures, make_encoder
 
 
@@ -39,6 +40,7 @@ def scaled_tanh(x: jax.Array) -> jax.Array:
     return 1.7159 * jnp.tanh(2.0 * x / 3.0)
 
 
+#: name -> function; the names are :data:`mrnn_jax.configs.choices.ACTIVATIONS`.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
@@ -56,9 +58,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(
             f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}"
         ) from None
-
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def dense_layer(compute_dtype: str) -> Callable[..., nn.Dense]:

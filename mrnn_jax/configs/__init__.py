@@ -9,10 +9,18 @@ import importlib.util
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from ml_collections import ConfigDict
 
+from mrnn_jax.configs.choices import (
+    ACTIVATIONS,
+    COMPUTE_DTYPES,
+    DATASETS,
+    ENCODERS,
+    EVALUATOR_KINDS,
+    SELECT_MODES,
+)
 from mrnn_jax.errors import MrnnError
 
 BUILTIN = ("default", "shapes", "tiny", "flickr8k", "flickr30k", "coco", "iapr", "folder")
@@ -46,9 +54,6 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ConfigDict:
 
 def validate(config: ConfigDict) -> None:
     """Raises :class:`MrnnError` for values no run could use (unknown names, bad sizes)."""
-    from mrnn_jax.encoders import ENCODERS
-    from mrnn_jax.model import ACTIVATIONS, COMPUTE_DTYPES
-
     if config.model.get("compute_dtype", "float32") not in COMPUTE_DTYPES:
         raise MrnnError(
             f"model.compute_dtype={config.model.compute_dtype!r}: choose from "
@@ -59,8 +64,6 @@ def validate(config: ConfigDict) -> None:
             raise MrnnError(
                 f"model.{key}={config.model[key]!r}: choose from {', '.join(sorted(ACTIVATIONS))}"
             )
-    from mrnn_jax.data import DATASETS
-
     if config.dataset.name not in DATASETS:
         raise MrnnError(f"dataset.name={config.dataset.name!r}: choose from {', '.join(DATASETS)}")
     if config.encoder.name not in ENCODERS:
@@ -99,12 +102,48 @@ def validate(config: ConfigDict) -> None:
     for key in ("batch_size", "max_decode_words"):
         if config.eval[key] < 1:
             raise MrnnError(f"eval.{key} must be positive, got {config.eval[key]}")
-    from mrnn_jax.evaluation import evaluators
-    from mrnn_jax.training import selection
-
-    selection.Selector.from_config(config.train)
+    selection(config.train)
     if "evaluators" in config:
-        evaluators.check_config(config.evaluators)
+        check_evaluators(config.evaluators)
+
+
+def selection(train_config: ConfigDict) -> tuple[str, str]:
+    """``(train.select_by, train.select_mode)``, checked: the scalar that picks the best
+    checkpoint (``PREFIX/NAME``) and one of :data:`~mrnn_jax.configs.choices.SELECT_MODES`
+    (``mrnn_jax.training.selection.Selector`` is built from them)."""
+    metric = str(train_config.get("select_by", "val/perplexity"))
+    mode = str(train_config.get("select_mode", "auto"))
+    if mode not in SELECT_MODES:
+        raise MrnnError(f"train.select_mode={mode!r}: choose from {', '.join(SELECT_MODES)}")
+    if "/" not in metric or not all(metric.split("/", 1)):
+        raise MrnnError(
+            f"train.select_by={metric!r} must name a logged scalar as PREFIX/NAME, "
+            "e.g. val/perplexity or val/CIDEr-D"
+        )
+    return metric, mode
+
+
+def check_evaluator(name: str, entry: Mapping, kinds: Sequence[str] = EVALUATOR_KINDS) -> None:
+    """Raises :class:`MrnnError` for an evaluator entry no run could use (``kinds``: the
+    evaluator kinds there are; ``mrnn_jax.evaluation.evaluators`` passes its registry's)."""
+    kind = entry.get("kind")
+    if kind not in kinds:
+        raise MrnnError(f"evaluators.{name}.kind={kind!r}: choose from {', '.join(kinds)}")
+    if not entry.get("split"):
+        raise MrnnError(f"evaluators.{name}.split must name a split")
+    if int(entry.get("every", 0)) < -1:
+        raise MrnnError(f"evaluators.{name}.every must be >= -1 (-1 = never)")
+    if int(entry.get("num_images", 0)) < 0:
+        raise MrnnError(f"evaluators.{name}.num_images must be >= 0 (0 = all)")
+
+
+def check_evaluators(evaluators_config: ConfigDict, kinds: Sequence[str] = EVALUATOR_KINDS) -> None:
+    """Raises :class:`MrnnError` for an entry of ``config.evaluators`` no run could use
+    (during training, captions are greedy or beam search)."""
+    for name, entry in evaluators_config.items():
+        check_evaluator(name, entry, kinds)
+        if entry.kind == "captions" and entry.get("strategy", "greedy") not in ("greedy", "beam"):
+            raise MrnnError(f"evaluators.{name}.strategy must be greedy or beam")
 
 
 def _check_int(config: ConfigDict, key: str, least: int, hint: str) -> None:

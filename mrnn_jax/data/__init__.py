@@ -14,14 +14,17 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from mrnn_jax.configs.choices import DATASETS
+from mrnn_jax.data import coco, flickr, folder, iapr, shapes
 from mrnn_jax.data.download import FEATURES, instructions
+from mrnn_jax.data.features import RowSubset, align, load_features
+from mrnn_jax.data.image_files import ImageFiles, present_files
 from mrnn_jax.data.pipeline import CaptionTable, SplitData, eval_batches, train_batch
 from mrnn_jax.data.records import DataReport, ImageRecord
+from mrnn_jax.encoders import takes_pixels
 from mrnn_jax.errors import MrnnError
 
 log = logging.getLogger("mrnn_jax")
-
-DATASETS = ("shapes", "flickr8k", "flickr30k", "coco", "iapr", "folder")
 
 
 @dataclasses.dataclass
@@ -49,16 +52,15 @@ class Dataset:
         }
 
 
-def _reader(name: str) -> Callable[[Mapping, DataReport], list[ImageRecord]]:
-    from mrnn_jax.data import coco, flickr, folder, iapr
-
-    return {
-        "flickr8k": flickr.read_flickr8k,
-        "flickr30k": flickr.read_flickr30k,
-        "coco": coco.read_coco,
-        "iapr": iapr.read_iapr,
-        "folder": folder.read_folder,
-    }[name]
+#: dataset name -> reader of its published format (every name of
+#: :data:`~mrnn_jax.configs.choices.DATASETS` but the built-in shapes).
+READERS: dict[str, Callable[[Mapping, DataReport], list[ImageRecord]]] = {
+    "flickr8k": flickr.read_flickr8k,
+    "flickr30k": flickr.read_flickr30k,
+    "coco": coco.read_coco,
+    "iapr": iapr.read_iapr,
+    "folder": folder.read_folder,
+}
 
 
 def read_records(dataset_config: Mapping, report: DataReport) -> list[ImageRecord]:
@@ -74,12 +76,10 @@ def read_records(dataset_config: Mapping, report: DataReport) -> list[ImageRecor
         raise MrnnError(
             f"{data_dir}: no such data folder for dataset {name!r}.\n{instructions(name)}"
         )
-    return _reader(name)(dataset_config, report)
+    return READERS[name](dataset_config, report)
 
 
 def _shapes(dataset_config: Mapping, encoder_config: Mapping) -> Dataset:
-    from mrnn_jax.data import shapes
-
     image_size = int(encoder_config.get("image_size", 64))
     splits = shapes.load_shapes(
         dict(dataset_config["shapes_sizes"]), seed=dataset_config["seed"], image_size=image_size
@@ -97,8 +97,6 @@ def _shapes(dataset_config: Mapping, encoder_config: Mapping) -> Dataset:
 def _image_files(
     records: list[ImageRecord], encoder_config: Mapping, on_bad_image: str, report: DataReport
 ):
-    from mrnn_jax.data.image_files import ImageFiles
-
     size = int(encoder_config.get("image_size") or 224)
     return ImageFiles(
         paths=[r.file_path for r in records],
@@ -122,9 +120,6 @@ def load_dataset(
     are dropped and counted, or an error, as ``dataset.on_bad_image`` says); the
     ``features`` encoder needs the file.
     """
-    from mrnn_jax.data.features import RowSubset, align, load_features
-    from mrnn_jax.encoders import takes_pixels
-
     name = dataset_config["name"]
     if name == "shapes":
         return _shapes(dataset_config, encoder_config)
@@ -173,8 +168,6 @@ def load_dataset(
             for split, rs in by_split.items()
         }
     else:
-        from mrnn_jax.data.image_files import present_files
-
         on_bad = dataset_config.get("on_bad_image", "skip")
         split_data = {}
         for split, rs in by_split.items():

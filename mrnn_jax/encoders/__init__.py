@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mrnn_jax.encoders.pretrained import ARCHITECTURES, PretrainedEncoder
+from mrnn_jax.configs.choices import ARCHITECTURES, ENCODERS
+from mrnn_jax.encoders.pretrained import PretrainedEncoder
 from mrnn_jax.encoders.small_cnn import SmallCNN
 
 
@@ -20,9 +21,6 @@ class PrecomputedFeatures(nn.Module):
         """Returns the features as float32, unchanged."""
         del train
         return jnp.asarray(features, jnp.float32)
-
-
-ENCODERS = ("features", "small_cnn", *ARCHITECTURES)
 
 
 def make_encoder(config: Mapping) -> nn.Module:

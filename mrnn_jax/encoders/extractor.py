@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained
+from mrnn_jax.configs.choices import ARCHITECTURES
+from mrnn_jax.encoders.pretrained import load_pretrained
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.images import load_images
 

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrnn_jax.configs.choices import ARCHITECTURES
 from mrnn_jax.encoders.weights import Preprocessing
 from mrnn_jax.errors import MrnnError
 
@@ -55,9 +56,6 @@ def _architectures() -> dict[str, Architecture]:
         "resnet50": Architecture(resnet.ResNet50, "pooled", resnet_layers, resnet.FEATURES),
         "alexnet": Architecture(alexnet.AlexNet, "fc7", alexnet_layers, alexnet.FEATURES),
     }
-
-
-ARCHITECTURES = ("vgg16", "resnet50", "alexnet")
 
 
 def architecture(name: str) -> Architecture:

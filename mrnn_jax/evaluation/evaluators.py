@@ -46,7 +46,7 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from mrnn_jax import decode
+from mrnn_jax import configs, decode
 from mrnn_jax.data.pipeline import CaptionTable, SplitData
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.evaluation import captioning, retrieval
@@ -171,24 +171,13 @@ def split_names(evaluators_config: ConfigDict) -> set[str]:
 
 def check_entry(name: str, entry: Mapping) -> None:
     """Raises :class:`MrnnError` for an evaluator entry no run could use."""
-    kind = entry.get("kind")
-    if kind not in REGISTRY:
-        raise MrnnError(f"evaluators.{name}.kind={kind!r}: choose from {', '.join(REGISTRY)}")
-    if not entry.get("split"):
-        raise MrnnError(f"evaluators.{name}.split must name a split")
-    if int(entry.get("every", 0)) < -1:
-        raise MrnnError(f"evaluators.{name}.every must be >= -1 (-1 = never)")
-    if int(entry.get("num_images", 0)) < 0:
-        raise MrnnError(f"evaluators.{name}.num_images must be >= 0 (0 = all)")
+    configs.check_evaluator(name, entry, tuple(REGISTRY))
 
 
 def check_config(evaluators_config: ConfigDict) -> None:
     """Raises :class:`MrnnError` for an evaluator entry of the config no run could use
     (during training, captions are greedy or beam search)."""
-    for name, entry in evaluators_config.items():
-        check_entry(name, entry)
-        if entry.kind == "captions" and entry.get("strategy", "greedy") not in ("greedy", "beam"):
-            raise MrnnError(f"evaluators.{name}.strategy must be greedy or beam")
+    configs.check_evaluators(evaluators_config, tuple(REGISTRY))
 
 
 def check_scorers(config: ConfigDict) -> None:

@@ -30,6 +30,7 @@ from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from mrnn_jax import checkpoint_reader, configs, distributed, files, losses, sharding
+from mrnn_jax.configs.choices import ARCHITECTURES
 from mrnn_jax.data import Dataset, load_dataset
 from mrnn_jax.data.image_files import ImageFiles
 from mrnn_jax.data.pipeline import (
@@ -41,7 +42,7 @@ from mrnn_jax.data.pipeline import (
     train_batch,
 )
 from mrnn_jax.data.records import ImageRecord
-from mrnn_jax.encoders.pretrained import ARCHITECTURES, load_pretrained, trainable_labels
+from mrnn_jax.encoders.pretrained import load_pretrained, trainable_labels
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.evaluation import evaluators
 from mrnn_jax.evaluation.final import final_evaluation

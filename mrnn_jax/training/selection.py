@@ -14,9 +14,8 @@ from collections.abc import Mapping
 
 from ml_collections import ConfigDict
 
-from mrnn_jax.errors import MrnnError
+from mrnn_jax import configs
 
-MODES = ("auto", "min", "max")
 # Scalars where lower is better; every other scalar (BLEU, CIDEr-D, R@K, ...) is maximised.
 _LOWER_IS_BETTER = ("perplexity", "nll", "loss", "rank")
 
@@ -37,15 +36,7 @@ class Selector:
     def from_config(cls, train_config: ConfigDict) -> Selector:
         """The selector of ``train.select_by`` / ``train.select_mode`` ("auto" infers the
         direction from the name: perplexity, NLL, loss and ranks are minimised)."""
-        metric = str(train_config.get("select_by", "val/perplexity"))
-        mode = str(train_config.get("select_mode", "auto"))
-        if mode not in MODES:
-            raise MrnnError(f"train.select_mode={mode!r}: choose from {', '.join(MODES)}")
-        if "/" not in metric or not all(metric.split("/", 1)):
-            raise MrnnError(
-                f"train.select_by={metric!r} must name a logged scalar as PREFIX/NAME, "
-                "e.g. val/perplexity or val/CIDEr-D"
-            )
+        metric, mode = configs.selection(train_config)
         if mode == "auto":
             name = metric.split("/", 1)[1].lower()
             maximise = not any(word in name for word in _LOWER_IS_BETTER)
