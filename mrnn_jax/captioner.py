@@ -114,23 +114,6 @@ class Captioner:
             self.model, self.params, image_inputs, self.vocab, options, batch_size
         )
 
-    # Two shorthands of mrnn_jax.api, kept for notebooks written against this class.
-
-    def caption_files(
-        self, paths: Sequence[str | os.PathLike], max_words: int | None = None
-    ) -> list[tuple[str, float]]:
-        """Greedy caption and log-probability for each image file (:func:`mrnn_jax.api.caption`)."""
-        from mrnn_jax import api
-
-        return [tuple(row[0]) for row in api.caption(self, list(paths), max_words=max_words)]
-
-    def log_likelihood(self, image_inputs: np.ndarray, captions: Sequence[str]) -> np.ndarray:
-        """log P(caption | image) in nats for aligned lists of image inputs and captions: the
-        diagonal of :func:`mrnn_jax.api.score`'s matrix."""
-        from mrnn_jax import api
-
-        return np.diagonal(api.score(self, np.asarray(image_inputs), list(captions))).copy()
-
 
 def load(
     path: str | os.PathLike,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mrnn_jax
-from mrnn_jax import checkpoint_reader
+from mrnn_jax import api, checkpoint_reader
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.training import checkpoints
 from tests.conftest import run_python
@@ -27,11 +27,11 @@ def test_committed_checkpoint_restores_and_captions_as_recorded():
     assert len(captioner.vocab) == expected["vocab_size"]
     leaves = jax.tree.leaves(captioner.params)
     assert sum(np.size(x) for x in leaves) == expected["num_parameters"]
-    [(caption, log_prob)] = captioner.caption_files([os.path.join(COMMITTED, "sample.png")])
-    assert caption == expected["caption"]
-    assert log_prob == pytest.approx(expected["caption_log_prob"], abs=1e-4)
+    [[best]] = api.caption(captioner, [os.path.join(COMMITTED, "sample.png")])
+    assert best.text == expected["caption"]
+    assert best.log_prob == pytest.approx(expected["caption_log_prob"], abs=1e-4)
     image = captioner.load_images([os.path.join(COMMITTED, "sample.png")])
-    log_likelihood = captioner.log_likelihood(image, [expected["reference"]])[0]
+    log_likelihood = api.score(captioner, image, [expected["reference"]])[0, 0]
     assert log_likelihood == pytest.approx(expected["reference_log_likelihood"], abs=1e-4)
 
 
@@ -45,8 +45,9 @@ def test_fresh_process_restores_a_trained_run_and_captions(tiny_run, tmp_path):
     Image.fromarray(image).save(path)
     code = (
         "import mrnn_jax\n"
+        "from mrnn_jax import api\n"
         f"c = mrnn_jax.load({tiny_run!r})\n"
-        f"[(text, lp)] = c.caption_files([{path!r}])\n"
+        f"[[(text, lp)]] = api.caption(c, [{path!r}])\n"
         "assert isinstance(text, str) and lp <= 0.0, (text, lp)\n"
         "print('CAPTION', c.step, repr(text), lp)\n"
     )

@@ -81,13 +81,16 @@ def test_legacy_vocabulary_keeps_its_tokenizer() -> None:
 
 
 def test_committed_old_checkpoint_still_loads_with_its_tokenizer() -> None:
+    from mrnn_jax import api
     from mrnn_jax.captioner import load
 
     here = os.path.dirname(os.path.abspath(__file__))
     captioner = load(os.path.join(here, "data", "tiny_checkpoint"))
     assert captioner.vocab.tokenizer == "legacy"  # written before the tokenizer was recorded
-    scores = captioner.log_likelihood(
-        np.zeros((1, *_image_shape(captioner)), _image_dtype(captioner)), ["a red circle."]
+    scores = api.score(
+        captioner,
+        np.zeros((1, *_image_shape(captioner)), _image_dtype(captioner)),
+        ["a red circle."],
     )
     assert np.isfinite(scores).all()
 

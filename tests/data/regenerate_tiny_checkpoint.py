@@ -27,6 +27,7 @@ TARGET = os.path.join(HERE, "tiny_checkpoint")
 def main() -> None:
     """Trains the tiny config, keeps its best checkpoint, and records what it produces."""
     import mrnn_jax
+    from mrnn_jax import api
     from mrnn_jax.data import shapes
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,9 +53,9 @@ def main() -> None:
     image_path = os.path.join(TARGET, "sample.png")
     Image.fromarray(split.images[0]).save(image_path)
     captioner = mrnn_jax.load(TARGET)
-    [(caption, log_prob)] = captioner.caption_files([image_path])
+    [[(caption, log_prob)]] = api.caption(captioner, [image_path])
     reference = split.records[0].captions[0]
-    log_likelihood = float(captioner.log_likelihood(split.images[:1], [reference])[0])
+    log_likelihood = float(api.score(captioner, split.images[:1], [reference])[0, 0])
     expected = {
         "step": captioner.step,
         "vocab_size": len(captioner.vocab),
