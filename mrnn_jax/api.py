@@ -24,20 +24,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import platform
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from mrnn_jax import decode
+from mrnn_jax import configs, decode, sharding
 from mrnn_jax.captioner import Captioner, load
+from mrnn_jax.data import DataReport, load_dataset, read_records
+from mrnn_jax.data.features import load_features
 from mrnn_jax.decode import DecodeOptions
 from mrnn_jax.decode import flags as decoding_flags
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.evaluation import captioning, evaluators, retrieval
 from mrnn_jax.files import write_json_atomic, write_text_atomic
 from mrnn_jax.images import ImageError
+from mrnn_jax.pages import retrieval_page
 
 log = logging.getLogger("mrnn_jax")
 
@@ -124,9 +129,6 @@ def extraction_images(
     """``(names, paths)`` of the images to extract features of: every image file under the
     folder ``images`` (named by relative path), or every image of a dataset's splits
     (``dataset`` in ``data_dir``, named by image id)."""
-    from mrnn_jax import configs
-    from mrnn_jax.data import DataReport, read_records
-
     if (images is None) == (dataset is None):
         raise MrnnError("extract the features of a folder of images or of a dataset")
     if images is not None:
@@ -179,8 +181,6 @@ def load_gallery(
     Unreadable image files are left out and listed in ``Gallery.skipped``; more than
     ``max_images`` images is an error. ``progress`` shows a progress bar over the files.
     """
-    from mrnn_jax.data.features import load_features
-
     if sum(x is not None for x in (folder, paths, features)) != 1:
         raise MrnnError("a gallery is a folder, a list of image files or a features file")
     if features is not None:
@@ -401,8 +401,6 @@ def use_data(
     """``model`` evaluated on its dataset at other paths: the dataset's folder ``data_dir``
     and / or the precomputed ``features`` file (by default, the paths it was trained
     with). Returns ``model``, its config changed."""
-    from mrnn_jax import configs
-
     overrides = []
     if data_dir is not None:
         overrides.append(f"dataset.data_dir={os.fspath(data_dir)}")
@@ -445,12 +443,6 @@ def retrieval_metrics(
     page of ``html_queries`` example queries per direction into the folder ``out``
     (default: ``json_path``'s folder; with neither, nothing is written). ``checkpoint``
     (the run's path) names the model in the table and the JSON."""
-    import platform
-    import time
-
-    from mrnn_jax import sharding
-    from mrnn_jax.data import load_dataset
-
     started = time.time()
     for option, value in (("max_images", max_images), ("prior_images", prior_images)):
         if value is not None and value < 1:
@@ -498,8 +490,6 @@ def retrieval_metrics(
         write_json_atomic(json_path, payload)
     out = out or (os.path.dirname(os.path.abspath(json_path)) if json_path else None)
     if out:
-        from mrnn_jax.pages import retrieval_page
-
         os.makedirs(out, exist_ok=True)
         write_text_atomic(os.path.join(out, f"retrieval_{split}.md"), f"{markdown}\n\n{details}\n")
         write_json_atomic(os.path.join(out, f"retrieval_{split}.json"), payload)

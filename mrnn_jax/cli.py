@@ -12,8 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mrnn_jax import compilation_cache
+from mrnn_jax import api, compilation_cache, configs, distributed
+from mrnn_jax.encoders import extract_features
 from mrnn_jax.errors import MrnnError, WriteFailed
+from mrnn_jax.evaluation.captioning import PHRASE_ACCURACY
+from mrnn_jax.limits import Limits
 from mrnn_jax.training.signals import Interrupted
 
 EPILOG_TRAIN = """\
@@ -169,8 +172,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
     """The ``serve`` command's options."""
-    from mrnn_jax.limits import Limits
-
     limits = Limits()
     serve = sub.add_parser(
         "serve",
@@ -276,8 +277,6 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, compute_dtype: str | None = None):
     """The checkpoint ``--checkpoint`` / ``--latest`` (/ ``--encoder-weights``) name."""
-    from mrnn_jax import api
-
     return api.load(
         args.checkpoint,
         "latest" if args.latest else "best",
@@ -303,8 +302,6 @@ def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _start_distributed(args: argparse.Namespace) -> None:
-    from mrnn_jax import distributed
-
     given = [args.coordinator, args.num_processes, args.process_id]
     if any(v is not None for v in given) and any(v is None for v in given):
         raise MrnnError("--coordinator, --num-processes and --process-id go together")
@@ -339,8 +336,6 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
 
 def _load_for_data(args: argparse.Namespace):
     """The checkpoint of ``args``, its dataset paths replaced by --data-dir / --features."""
-    from mrnn_jax import api
-
     model = _load(args, getattr(args, "compute_dtype", None))
     return api.use_data(model, data_dir=args.data_dir, features=args.features)
 
@@ -348,8 +343,6 @@ def _load_for_data(args: argparse.Namespace):
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """The decoding flags, one per :class:`mrnn_jax.api.DecodeOptions` field (its metadata
     says the flag, the help and what else argparse needs)."""
-    from mrnn_jax import api
-
     group = parser.add_argument_group("decoding (default: greedy)")
     for flag, field in api.decoding_flags():
         settings = {"default": field.default, **field.metadata["argparse"]}
@@ -363,8 +356,6 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 def _decoding(args: argparse.Namespace) -> dict:
     """The decoding flags as :func:`mrnn_jax.api.caption`'s keyword arguments (the fields of
     :class:`mrnn_jax.api.DecodeOptions` given a value)."""
-    from mrnn_jax import api
-
     if args.beam_size is not None and args.strategy:
         raise MrnnError("choose --beam or --sample, not both")
     strategy = "beam" if args.beam_size is not None else "sample" if args.strategy else "greedy"
@@ -381,8 +372,8 @@ def _decoding(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mrnn_jax import configs
-    from mrnn_jax.evaluation.captioning import PHRASE_ACCURACY
+    # Only training needs optax and TensorBoard's writer (with torch, if installed): about a
+    # second that mrnn caption, search, serve and --help do without.
     from mrnn_jax.training import loop
 
     _start_distributed(args)
@@ -390,9 +381,7 @@ def _train(args: argparse.Namespace) -> int:
     results = loop.train_and_evaluate(
         config, args.workdir, num_devices=args.devices, progress=not args.no_progress
     )
-    from mrnn_jax.distributed import is_primary
-
-    if not is_primary():
+    if not distributed.is_primary():
         return 0
     selected = results["selected_by"]
     value = "n/a" if selected["value"] is None else f"{selected['value']:.4f}"
@@ -411,8 +400,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from mrnn_jax import api
-
     model = _load(args)
     results = api.caption(model, args.images, **_decoding(args))
     for path, candidates in zip(args.images, results, strict=True):
@@ -422,8 +409,6 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mrnn_jax import api
-
     model = _load_for_data(args)
     decoding = _decoding(args)
     if args.rerank != "consensus" and (args.rerank_metric or args.rerank_features):
@@ -463,8 +448,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _retrieve(args: argparse.Namespace) -> int:
-    from mrnn_jax import api
-
     model = _load_for_data(args)
     report = api.retrieval_metrics(
         model,
@@ -485,8 +468,6 @@ def _retrieve(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from mrnn_jax import api
-
     model = _load(args)
     if args.features:
         gallery = api.load_gallery(model, features=args.features)
@@ -504,10 +485,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mrnn_jax import api
-    from mrnn_jax.limits import Limits
-
-    try:
+    try:  # FastAPI and uvicorn are an optional extra (mrnn-jax[serve])
         from mrnn_jax import server
     except ImportError as error:
         raise MrnnError(
@@ -540,9 +518,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _extract_features(args: argparse.Namespace) -> int:
-    from mrnn_jax import api, distributed
-    from mrnn_jax.encoders import extract_features
-
     _start_distributed(args)
     names, paths = api.extraction_images(
         images=args.images, dataset=args.dataset, data_dir=args.data_dir
