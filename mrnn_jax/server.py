@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from mrnn_jax import api
 from mrnn_jax.captioner import Captioner
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.images import to_rgb
 from mrnn_jax.limits import Limits
 
 THUMBNAIL_SIDE = 128
@@ -295,8 +296,6 @@ def _check_pixels(path: str, name: str, max_pixels: int) -> None:
 
 
 def _thumbnail_of_file(path: str) -> Image.Image:
-    from mrnn_jax.images import to_rgb
-
     with Image.open(path) as image:
         image.draft("RGB", (THUMBNAIL_SIDE * 2, THUMBNAIL_SIDE * 2))  # JPEG: decode smaller
         picture = to_rgb(ImageOps.exif_transpose(image))

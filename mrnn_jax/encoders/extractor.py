@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from mrnn_jax.configs.choices import ARCHITECTURES
+from mrnn_jax.encoders import make_encoder
 from mrnn_jax.encoders.pretrained import load_pretrained
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.images import load_images
@@ -59,8 +60,6 @@ class FeatureExtractor:
 
     @functools.cached_property
     def _apply(self):
-        from mrnn_jax.encoders import make_encoder
-
         encoder = make_encoder(self.encoder_config)
         return jax.jit(
             lambda params, images: encoder.apply({"params": {"backbone": params}}, images)

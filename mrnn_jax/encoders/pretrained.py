@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from mrnn_jax.configs.choices import ARCHITECTURES
-from mrnn_jax.encoders.weights import Preprocessing
+from mrnn_jax.encoders import alexnet, resnet, vgg
+from mrnn_jax.encoders.weights import Preprocessing, check_variables, load_encoder_weights
 from mrnn_jax.errors import MrnnError
 
 
@@ -34,8 +35,6 @@ class Architecture:
 
 
 def _architectures() -> dict[str, Architecture]:
-    from mrnn_jax.encoders import alexnet, resnet, vgg
-
     vgg_layers = tuple(
         f"conv{block}_{i}"
         for block, count in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
@@ -209,8 +208,6 @@ def load_pretrained(encoder_config: Mapping) -> PretrainedWeights:
     """The converted weights file ``encoder.weights`` of the architecture ``encoder.name``,
     checked against it, with the preprocessing and feature width it implies (see
     :class:`PretrainedWeights`; ``encoder_config`` is not changed)."""
-    from mrnn_jax.encoders.weights import check_variables, load_encoder_weights
-
     name = encoder_config["name"]
     path = encoder_config.get("weights", "")
     if not path:

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mrnn_jax import decode, losses, sharding
+from mrnn_jax.data import load_split
 from mrnn_jax.data.pipeline import (
     EVAL_WIDTHS,
     CaptionTable,
@@ -26,6 +27,7 @@ from mrnn_jax.data.pipeline import (
     eval_batches,
     image_batches,
 )
+from mrnn_jax.evaluation import coco_metrics
 from mrnn_jax.model import MRNN
 from mrnn_jax.text.vocab import Vocabulary
 
@@ -195,8 +197,6 @@ def evaluate_captioning(
     (a :class:`mrnn_jax.evaluation.consensus.ConsensusReranker`) to rerank each image's
     candidates (the beam's n-best: ``options.num_return`` of them) before the best is scored.
     """
-    from mrnn_jax.evaluation import coco_metrics
-
     if perplexity is None:
         table = CaptionTable.build_uncut(data.records, vocab, max_words)
         perplexity = split_perplexity(model, params, table, data.inputs, batch_size, mesh)[
@@ -253,8 +253,6 @@ def prepare_split_evaluation(
     captioner, split: str, max_images: int | None = None, batch_size: int | None = None
 ) -> SplitEvaluation:
     """Loads ``split`` of the captioner's dataset and places its parameters on every device."""
-    from mrnn_jax.data import load_split
-
     config = captioner.config
     data = load_split(config.dataset, config.encoder, split, max_images)
     mesh = sharding.make_mesh()

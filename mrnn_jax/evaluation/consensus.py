@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from mrnn_jax.data import load_split
+from mrnn_jax.data.pipeline import image_batches
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN
 from mrnn_jax.text.ptb_tokenizer import ptb_tokenize
@@ -128,8 +130,6 @@ def image_features(
 ) -> np.ndarray:
     """Each image input's features for the neighbour search: V_I·I (``"projection"``) or the
     encoder's I (``"cnn"``), float32 ``[N, D]``, in padded batches."""
-    from mrnn_jax.data.pipeline import image_batches
-
     out = []
     for batch, count in image_batches(inputs, batch_size):
         out.append(np.asarray(_features(model, params, batch, kind), np.float32)[:count])
@@ -344,8 +344,6 @@ def load_reranker(
 ) -> ConsensusReranker:
     """A :class:`ConsensusReranker` over the training split of ``config``'s dataset (the
     first ``max_train_images`` only, if given); ``options`` default to ``config.rerank``."""
-    from mrnn_jax.data import load_split
-
     options = options or ConsensusOptions.from_config(config.get("rerank", ConfigDict()))
     train = load_split(config.dataset, config.encoder, "train", max_train_images)
     captions = [list(record.captions) for record in train.records]

@@ -49,7 +49,7 @@ from ml_collections import ConfigDict
 from mrnn_jax import configs, decode
 from mrnn_jax.data.pipeline import CaptionTable, SplitData
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.evaluation import captioning, retrieval
+from mrnn_jax.evaluation import captioning, consensus, retrieval
 from mrnn_jax.model import MRNN
 from mrnn_jax.text.vocab import Vocabulary
 
@@ -335,8 +335,6 @@ class CaptionsRun:
 
     def reranker(self, params: Any):
         """The consensus reranker over the run's training images, by ``params``' features."""
-        from mrnn_jax.evaluation import consensus
-
         context = self.context
         return consensus.load_reranker(
             context.model, params, context.config, self.consensus, context.batch_size
@@ -351,8 +349,6 @@ def _captions(entry: Mapping, context: Context, data: SplitData) -> CaptionsRun:
     metric, features = entry.get("rerank_metric"), entry.get("rerank_features")
     consensus_options = None
     if rerank == "consensus":
-        from mrnn_jax.evaluation import consensus
-
         if options.strategy == "sample":
             raise MrnnError("consensus reranking reranks beam-search hypotheses, not samples")
         hypotheses = entry.get("rerank_hypotheses")
