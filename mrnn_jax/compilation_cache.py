@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 
+import jax
+
 ENV = "MRNN_COMPILATION_CACHE"
 OFF = ("off", "0", "none", "false")
 
@@ -31,8 +33,6 @@ def enable(directory: str | None = None) -> str | None:
     directory = directory or os.environ.get(ENV, "")
     if not directory or directory.strip().lower() in OFF:
         return None
-    import jax
-
     if jax.config.jax_compilation_cache_dir:  # the user's own JAX_COMPILATION_CACHE_DIR
         return jax.config.jax_compilation_cache_dir
     try:

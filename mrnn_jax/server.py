@@ -305,7 +305,7 @@ def _thumbnail_of_file(path: str) -> Image.Image:
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serves ``app`` with uvicorn (one process) until interrupted."""
-    import uvicorn
+    import uvicorn  # the serve extra; create_app alone does not need it
 
     uvicorn.run(app, host=host, port=port, log_level="warning", workers=1)
 

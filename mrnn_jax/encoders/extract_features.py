@@ -11,8 +11,11 @@ be decoded are skipped and counted (or stop the run, ``on_bad_image="error"``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
+import hashlib
+import io
 import json
 import logging
 import os
@@ -76,8 +79,6 @@ def extract_features(
     ``encoder_config`` names the architecture, the converted weights file and optionally the
     feature (as the config's ``encoder`` section). ``out`` ends in ``.npz`` or ``.npy``.
     """
-    import concurrent.futures
-
     if not out.endswith((".npz", ".npy")):
         raise MrnnError(f"{out}: the output must end in .npz or .npy")
     if len(names) != len(paths) or len(set(names)) != len(names):
@@ -210,14 +211,10 @@ def extract_features(
 
 def hash_names(names: Sequence[str]) -> str:
     """A short fingerprint of an ordered list of image names."""
-    import hashlib
-
     return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16]
 
 
 def _write_npz(path: str, **arrays: np.ndarray) -> None:
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write_bytes_atomic(path, buffer.getvalue())
@@ -234,8 +231,6 @@ def write_features(path: str, features: np.ndarray, names: list[str], provenance
             provenance=np.asarray(json.dumps(provenance)),
         )
         return
-    import io
-
     stem = os.path.splitext(path)[0]
     if os.path.exists(path):  # never a new names list beside an old matrix
         os.remove(path)

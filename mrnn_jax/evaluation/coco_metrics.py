@@ -119,7 +119,7 @@ class MeteorScorer:
 
     def __init__(self, timeout_s: float = METEOR_TIMEOUT_S) -> None:
         """Starts the METEOR subprocess (needs ``java`` on the PATH)."""
-        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.meteor.meteor import Meteor  # the eval extra, when used
 
         class _Meteor(Meteor):  # type: ignore[misc]
             # Meteor.__del__ blocks forever on a lock that a failed compute_score keeps and
@@ -289,7 +289,7 @@ def score_captions(
 
 def _coco_scorers() -> tuple[Any, Any, Any]:
     """coco-caption's Bleu, Rouge and Cider classes; MrnnError when pycocoevalcap is missing."""
-    try:
+    try:  # the eval extra: imported when captions are scored
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.rouge.rouge import Rouge

@@ -149,7 +149,7 @@ class PairCider:
     """
 
     def __init__(self, documents: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0):
-        import scipy.sparse
+        import scipy.sparse  # slow to import: only consensus reranking needs it
 
         self.n, self.sigma = n, sigma
         self._ids: dict[tuple[str, ...], int] = {}
@@ -230,7 +230,7 @@ class PairCider:
 def pair_bleu4(hypothesis: str, references: Sequence[str]) -> np.ndarray:
     """Sentence BLEU-4 of tokenised ``hypothesis`` against each tokenised reference alone,
     with pycocoevalcap's BLEU scorer (its smoothing, closest reference length)."""
-    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer  # the eval extra, when used
 
     scorer = BleuScorer(n=4)
     for reference in references:

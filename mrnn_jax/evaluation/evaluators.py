@@ -192,7 +192,7 @@ def check_scorers(config: ConfigDict) -> None:
         scoring.append("eval.metrics")
     if not scoring:
         return
-    try:
+    try:  # the eval extra: is it installed?
         import pycocoevalcap  # noqa: F401
     except ImportError:
         raise MrnnError(

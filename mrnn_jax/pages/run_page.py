@@ -6,9 +6,11 @@ drawn with matplotlib and example captions, in one self-contained HTML file.
 from __future__ import annotations
 
 import io
+import json
 import math
 import numbers
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 from mrnn_jax.pages import common
@@ -23,8 +25,6 @@ _NOT_PLOTTED = ("num_words", "num_images", "nll_per_word", "tokens_per_second", 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
     """The rows of a ``metrics.jsonl``, one per (split, step): a step logged twice (a run
     resumed from an earlier checkpoint) keeps its last row. A torn last line is skipped."""
-    import json
-
     rows: dict[tuple[str, int], dict] = {}
     try:
         with open(path, encoding="utf-8") as f:
@@ -48,8 +48,6 @@ def curve_panels(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> di
     trailing n-gram order or K (``BLEU-1..4``, ``image R@1/5/10``) sharing a panel. Splits
     in ``skip_splits`` (the final evaluation's single points) are left out.
     """
-    import re
-
     panels: dict[str, dict[str, tuple[list, list]]] = {}
 
     def add(panel: str, label: str, step: int, value: object) -> None:
@@ -85,7 +83,7 @@ def curve_panels(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> di
 def training_curves_png(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> bytes:
     """The run's training curves (:func:`curve_panels`) drawn with matplotlib, as PNG bytes;
     perplexity on a log scale. A run with nothing logged yet gives a one-line notice."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # slow to import: only drawing needs it
 
     panels = curve_panels(rows, skip_splits)
     columns = 3
@@ -101,7 +99,7 @@ def training_curves_png(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()
         for label, (steps, values) in curves.items():
             axes.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=label)
         if title == "perplexity":
-            from matplotlib.ticker import ScalarFormatter
+            from matplotlib.ticker import ScalarFormatter  # as Figure above
 
             axes.set_yscale("log")
             axes.yaxis.set_major_formatter(ScalarFormatter())

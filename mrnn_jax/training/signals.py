@@ -15,6 +15,10 @@ import signal
 import threading
 from collections.abc import Iterator
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -60,15 +64,10 @@ def agreed(request: StopRequest, can_sync: bool) -> bool:
     """Whether to stop now. One process reads its own flag; many processes stop together,
     at a step where ``can_sync`` (a log step: one tiny all-gather), when any of them was
     signalled."""
-    import jax
-
     if jax.process_count() == 1:
         return request.requested
     if not can_sync:
         return False
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     flags = multihost_utils.process_allgather(np.int32(request.requested))
     return bool(np.max(flags))
 
