@@ -284,6 +284,7 @@ def read_newest(path: str, which: str, read: Callable[[str, int], T]) -> T:
         except Exception:
             if attempt == MAX_REREADS or not superseded(directory, step):
                 raise
+            orbax_quiet.drop_leftovers()  # the abandoned read's reports
             log.debug("%s/%d was replaced while it was read; reading the newest", directory, step)
     raise AssertionError("unreachable")
 

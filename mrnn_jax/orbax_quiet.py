@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,16 @@ from collections.abc import Iterator
 
 def _loop_closed(value: object) -> bool:
     return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+
+def _orbax_leftover(report: object) -> bool:
+    """Whether an unraisable-exception report is orbax's own abandoned work: the closed
+    loop, or one of its coroutines collected unfinished after its failure reached us (a
+    read of a step that a trainer deleted meanwhile, say)."""
+    if _loop_closed(getattr(report, "exc_value", None)):
+        return True
+    code = getattr(getattr(report, "object", None), "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
 def filter_loop_closed() -> None:
@@ -34,7 +45,7 @@ def filter_loop_closed() -> None:
     )
 
     def unraisable(report) -> None:
-        if not _loop_closed(report.exc_value):
+        if not _orbax_leftover(report):
             previous_unraisable(report)
 
     def thread(args) -> None:

@@ -746,6 +746,11 @@ def test_readers_beside_a_trainer_that_rotates_every_step(tmp_path, mrnn_log):
             captioner = mrnn_jax.load(workdir, "latest" if i % 2 else "best")
             steps.add(captioner.step)
         assert len(steps) > 2  # the trainer moved on while they read
+        image = os.path.join(REPO, "tests", "data", "tiny_checkpoint", "sample.png")
+        for which in (["--latest"], []):  # the command line too: no traceback, no warning
+            result = run_mrnn("caption", "--checkpoint", workdir, *which, image)
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert "Traceback" not in result.stderr and "unusable" not in result.stderr
         assert trainer.poll() is None
     finally:
         trainer.kill()
