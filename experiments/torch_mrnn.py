@@ -62,7 +62,8 @@ class TorchMRNN(nn.Module):
 
 class TorchTrainer:
     """One optimiser step at a time on numpy batches ``{"image", "tokens"}`` (as the JAX
-    pipeline makes them: start token, words, end token, padding)."""
+    pipeline makes them: start token, words, end token, padding), with the model on
+    ``device`` ("cpu", "cuda")."""
 
     def __init__(
         self,
@@ -75,10 +76,12 @@ class TorchTrainer:
         dropout_rate: float = 0.5,
         threads: int | None = None,
         seed: int = 0,
+        device: str = "cpu",
     ):
         torch.set_num_threads(threads or os.cpu_count() or 1)
         torch.manual_seed(seed)
-        self.model = TorchMRNN(vocab_size, feature_dim, dropout_rate=dropout_rate)
+        self.device = device
+        self.model = TorchMRNN(vocab_size, feature_dim, dropout_rate=dropout_rate).to(device)
         self.model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.weights = [p for n, p in self.model.named_parameters() if not n.endswith("bias")]
@@ -87,10 +90,19 @@ class TorchTrainer:
 
     def step(self, batch: dict) -> float:
         """One step: forward, backward, clip, Adam. Returns the loss."""
+        return self.step_placed(self.place(batch))
+
+    def place(self, batch: dict) -> tuple:
+        """A numpy batch as tensors on the trainer's device: ``(images, tokens)``, the tokens
+        cut to the batch's longest caption."""
         tokens = batch["tokens"]
         width = int((tokens != PAD_ID).sum(axis=1).max())  # this batch's longest caption
-        tokens = torch.from_numpy(tokens[:, :width].astype(np.int64))
-        images = torch.from_numpy(np.asarray(batch["image"]))
+        tokens = torch.from_numpy(tokens[:, :width].astype(np.int64)).to(self.device)
+        return torch.from_numpy(np.asarray(batch["image"])).to(self.device), tokens
+
+    def step_placed(self, placed: tuple) -> float:
+        """:meth:`step` on a batch :meth:`place` put on the device already."""
+        images, tokens = placed
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         logits = self.model(images, inputs)
         nll = F.cross_entropy(
