@@ -27,6 +27,10 @@ that shape the model (model.*, encoder.*) is refused, changing schedule values i
 logged. Ctrl-C or SIGTERM finishes the step, saves it and exits (130 / 143; a second Ctrl-C
 stops at once). A second trainer on the same --workdir is refused. See the README's "What
 happens when things go wrong".
+
+Self-critical sequence training (fine-tuning for CIDEr-D, docs/scst.md), from a trained run:
+  mrnn train --config shapes --workdir runs/shapes-scst --init-from runs/shapes \
+      train.objective=scst
 """
 
 
@@ -51,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: shapes)",
     )
     train.add_argument("--workdir", required=True, help="where checkpoints and logs go")
+    train.add_argument(
+        "--init-from",
+        metavar="RUN",
+        default=None,
+        help="start from this trained run's best checkpoint (or a step folder such as "
+        "RUN/checkpoints/1500); what train.objective=scst fine-tunes (= train.init_from)",
+    )
     train.add_argument(
         "--devices",
         type=int,
@@ -377,7 +388,8 @@ def _train(args: argparse.Namespace) -> int:
     from mrnn_jax.training import loop
 
     _start_distributed(args)
-    config = configs.load_config(args.config, [*_data_overrides(args), *args.overrides])
+    init = [f"train.init_from={args.init_from}"] if args.init_from is not None else []
+    config = configs.load_config(args.config, [*_data_overrides(args), *init, *args.overrides])
     results = loop.train_and_evaluate(
         config, args.workdir, num_devices=args.devices, progress=not args.no_progress
     )

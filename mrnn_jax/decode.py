@@ -79,29 +79,64 @@ def decode_by_choice(
     max_words: int,
     choose: Callable[[jax.Array, jax.Array], jax.Array],
     banned: tuple[int, ...] = NEVER_GENERATED,
-) -> tuple[jax.Array, jax.Array]:
+    with_entropy: bool = False,
+) -> tuple[jax.Array, ...]:
     """Left-to-right decoding where ``choose(log_probs, t)`` picks each next word (never one
     of ``banned``).
 
-    Returns ``(tokens [B, max_words + 1], log_prob [B])``.
+    Returns ``(tokens [B, max_words + 1], log_prob [B])``, and with ``with_entropy`` also
+    the summed entropy [B] of the model's distributions at the emitted positions. As one
+    ``lax.scan``, it is differentiable: ``log_prob`` is the sampled words' log-likelihood
+    under the parameters ``step_fn`` closes over (what SCST's gradient needs).
     """
 
     def step(state, t):
-        carry, previous, done, log_prob = state
+        carry, previous, done, log_prob, entropy = state
         log_probs, carry = step_fn(carry, previous)
         word = choose(word_choices(log_probs, banned), t).astype(jnp.int32)
         # After max_words words only the end token may still be emitted.
         done = done | ((t == max_words) & (word != END_ID))
         chosen = jnp.take_along_axis(log_probs, word[:, None], axis=-1)[:, 0]
         log_prob = log_prob + jnp.where(done, 0.0, chosen)
+        if with_entropy:
+            finite = jnp.where(jnp.isfinite(log_probs), log_probs, 0.0)
+            here = -jnp.sum(jnp.exp(log_probs) * finite, axis=-1)
+            entropy = entropy + jnp.where(done, 0.0, here)
         emitted = jnp.where(done, PAD_ID, word)
         done = done | (word == END_ID)
-        return (carry, word, done, log_prob), emitted
+        return (carry, word, done, log_prob, entropy), emitted
 
     start = jnp.full((batch,), START_ID, jnp.int32)
-    init = (carry, start, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
-    (_, _, _, log_prob), tokens = jax.lax.scan(step, init, jnp.arange(max_words + 1))
-    return jnp.swapaxes(tokens, 0, 1), log_prob
+    zeros = jnp.zeros((batch,), jnp.float32)
+    init = (carry, start, jnp.zeros((batch,), bool), zeros, zeros)
+    (_, _, _, log_prob, entropy), tokens = jax.lax.scan(step, init, jnp.arange(max_words + 1))
+    tokens = jnp.swapaxes(tokens, 0, 1)
+    return (tokens, log_prob, entropy) if with_entropy else (tokens, log_prob)
+
+
+def sampling_choice(
+    rng: jax.Array, row_ids: jax.Array, temperature: float | jax.Array = 1.0
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """A ``choose(log_probs, t)`` for :func:`decode_by_choice` that draws each row's word from
+    ``softmax(log_probs / temperature)`` with one uniform number per row and step (``rng``
+    folded with the row's id, then ``t``: a row's draws do not depend on its batch).
+
+    Inverse-CDF sampling: the first word whose cumulative probability reaches the uniform
+    number; on a CPU about three times faster than ``jax.random.categorical``, which draws
+    a Gumbel number per word.
+    """
+    row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(row_ids)
+
+    def choose(log_probs: jax.Array, t: jax.Array) -> jax.Array:
+        uniform = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, t)))(row_keys)
+        scaled = log_probs / temperature
+        weights = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))  # banned: 0
+        cumulative = jnp.cumsum(weights, axis=-1)
+        target = (1.0 - uniform) * cumulative[:, -1]  # in (0, total]: never a zero-weight word
+        word = jnp.sum(cumulative < target[:, None], axis=-1)
+        return jnp.minimum(word, log_probs.shape[-1] - 1)
+
+    return choose
 
 
 def _start(model: MRNN, params: dict, image_inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -150,12 +185,7 @@ def sample(
     step_fn = mrnn_step_fn(model, params, image_projection)
     if row_ids is None:
         row_ids = jnp.arange(image_inputs.shape[0])
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(row_ids)
-
-    def choose(log_probs, t):
-        keys = jax.vmap(lambda key: jax.random.fold_in(key, t))(row_keys)
-        return jax.vmap(jax.random.categorical)(keys, log_probs / temperature)
-
+    choose = sampling_choice(rng, row_ids, temperature)
     banned = banned_tokens(allow_unk)
     return decode_by_choice(step_fn, r0, image_inputs.shape[0], max_words, choose, banned)
 

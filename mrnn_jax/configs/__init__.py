@@ -19,6 +19,9 @@ from mrnn_jax.configs.choices import (
     DATASETS,
     ENCODERS,
     EVALUATOR_KINDS,
+    OBJECTIVES,
+    REWARD_METRICS,
+    SCST_BASELINES,
     SELECT_MODES,
 )
 from mrnn_jax.errors import MrnnError
@@ -102,25 +105,84 @@ def validate(config: ConfigDict) -> None:
     for key in ("batch_size", "max_decode_words"):
         if config.eval[key] < 1:
             raise MrnnError(f"eval.{key} must be positive, got {config.eval[key]}")
+    check_scst(config.train)
     selection(config.train)
     if "evaluators" in config:
         check_evaluators(config.evaluators)
 
 
+def check_scst(train_config: ConfigDict) -> None:
+    """Raises :class:`MrnnError` for an objective or SCST setting no run could use."""
+    objective = train_config.get("objective", "cross_entropy")
+    if objective not in OBJECTIVES:
+        raise MrnnError(f"train.objective={objective!r}: choose from {', '.join(OBJECTIVES)}")
+    scst = train_config.get("scst")
+    if scst is None:
+        return
+    if scst.baseline not in SCST_BASELINES:
+        raise MrnnError(
+            f"train.scst.baseline={scst.baseline!r}: choose from {', '.join(SCST_BASELINES)}"
+        )
+    samples, least = scst.samples, 2 if scst.baseline == "mean" else 1
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < least:
+        why = "the mean baseline is of the image's other samples" if least == 2 else "per image"
+        raise MrnnError(f"train.scst.samples={samples!r}: must be an integer >= {least} ({why})")
+    for metric in scst.reward:
+        if metric not in REWARD_METRICS:
+            raise MrnnError(
+                f"train.scst.reward={tuple(scst.reward)!r}: {metric!r} is not a reward metric; "
+                f"choose from {', '.join(REWARD_METRICS)}"
+            )
+    if not scst.reward or len(set(scst.reward)) != len(scst.reward):
+        raise MrnnError(
+            f"train.scst.reward={tuple(scst.reward)!r}: name each metric once, at least one"
+        )
+    weights = tuple(scst.reward_weights)
+    if len(weights) != len(scst.reward) or not all(
+        isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights
+    ):
+        raise MrnnError(
+            f"train.scst.reward_weights={weights!r}: one positive weight per reward metric "
+            f"({len(scst.reward)} for {tuple(scst.reward)!r})"
+        )
+    rate = scst.learning_rate
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise MrnnError(f"train.scst.learning_rate={rate!r}: must be positive and finite")
+    words = scst.max_words
+    if isinstance(words, bool) or not isinstance(words, int) or words < 1:
+        raise MrnnError(f"train.scst.max_words={words!r}: must be an integer >= 1")
+    entropy = scst.entropy_weight
+    if not (isinstance(entropy, int | float) and math.isfinite(entropy) and entropy >= 0):
+        raise MrnnError(
+            f"train.scst.entropy_weight={entropy!r}: must be 0 (no entropy bonus) or positive"
+        )
+
+
 def selection(train_config: ConfigDict) -> tuple[str, str]:
-    """``(train.select_by, train.select_mode)``, checked: the scalar that picks the best
-    checkpoint (``PREFIX/NAME``) and one of :data:`~mrnn_jax.configs.choices.SELECT_MODES`
+    """``(select_by, train.select_mode)``, checked: the scalar that picks the best
+    checkpoint (``PREFIX/NAME``: ``train.select_by``, or ``train.scst.select_by`` when the
+    objective is SCST) and one of :data:`~mrnn_jax.configs.choices.SELECT_MODES`
     (``mrnn_jax.training.selection.Selector`` is built from them)."""
+    key = selection_key(train_config)
     metric = str(train_config.get("select_by", "val/perplexity"))
+    if key == "train.scst.select_by":
+        metric = str(train_config.scst.select_by)
     mode = str(train_config.get("select_mode", "auto"))
     if mode not in SELECT_MODES:
         raise MrnnError(f"train.select_mode={mode!r}: choose from {', '.join(SELECT_MODES)}")
     if "/" not in metric or not all(metric.split("/", 1)):
         raise MrnnError(
-            f"train.select_by={metric!r} must name a logged scalar as PREFIX/NAME, "
+            f"{key}={metric!r} must name a logged scalar as PREFIX/NAME, "
             "e.g. val/perplexity or val/CIDEr-D"
         )
     return metric, mode
+
+
+def selection_key(train_config: ConfigDict) -> str:
+    """The config key that names the selection scalar under ``train.objective``."""
+    if train_config.get("objective", "cross_entropy") == "scst":
+        return "train.scst.select_by"
+    return "train.select_by"
 
 
 def check_evaluator(name: str, entry: Mapping, kinds: Sequence[str] = EVALUATOR_KINDS) -> None:
@@ -251,12 +313,16 @@ def _merge(config: ConfigDict, data: dict) -> None:
 # continue the same run.
 DATA_KEYS = ("train.seed", "train.batch_size", "train.captions_per_image", "train.length_buckets")
 
+# What a run optimises: an SCST run cannot resume as a cross-entropy one, nor the reverse.
+OBJECTIVE_KEYS = ("train.objective",)
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+
+def flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    """A nested JSON config as ``{"section.key": value}``."""
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -282,12 +348,12 @@ def _fixed_on_resume(key: str) -> bool:
     if key in DATA_PATH_KEYS:
         return False
     section = key.split(".", 1)[0]
-    return section in (*MODEL_SECTIONS, "dataset") or key in DATA_KEYS
+    return section in (*MODEL_SECTIONS, "dataset") or key in DATA_KEYS + OBJECTIVE_KEYS
 
 
 def resume_conflicts(saved: dict, new: dict) -> list[str]:
     """Differences that forbid resuming: the model's shape, the dataset, the data order."""
-    a, b = _flatten(saved), _flatten(new)
+    a, b = flatten(saved), flatten(new)
     return [
         f"{key}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now"
         for key in sorted(set(a) | set(b))
@@ -297,7 +363,7 @@ def resume_conflicts(saved: dict, new: dict) -> list[str]:
 
 def other_differences(saved: dict, new: dict) -> list[str]:
     """Differences allowed on resume (schedule, logging, evaluation), as ``key: old -> new``."""
-    a, b = _flatten(saved), _flatten(new)
+    a, b = flatten(saved), flatten(new)
     return [
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
         for key in sorted(set(a) | set(b))

@@ -6,7 +6,9 @@ keys are tested to equal them, in order):
 * :data:`ARCHITECTURES` and :data:`ENCODERS`: ``mrnn_jax.encoders``;
 * :data:`DATASETS`: ``mrnn_jax.data``;
 * :data:`EVALUATOR_KINDS`: ``mrnn_jax.evaluation.evaluators.REGISTRY``;
-* :data:`SELECT_MODES`: :func:`mrnn_jax.configs.selection`, for ``mrnn_jax.training.selection``.
+* :data:`SELECT_MODES`: :func:`mrnn_jax.configs.selection`, for ``mrnn_jax.training.selection``;
+* :data:`OBJECTIVES` and :data:`SCST_BASELINES`: ``mrnn_jax.training.scst``;
+* :data:`REWARD_METRICS`: ``mrnn_jax.evaluation.rewards``.
 """
 
 from __future__ import annotations
@@ -31,3 +33,12 @@ EVALUATOR_KINDS = ("perplexity", "captions", "retrieval")
 
 #: train.select_mode ("auto" infers the direction from train.select_by's name).
 SELECT_MODES = ("auto", "min", "max")
+
+#: train.objective: cross-entropy (the paper's) or self-critical sequence training.
+OBJECTIVES = ("cross_entropy", "scst")
+
+#: train.scst.baseline: the mean reward of the image's other samples, or its greedy caption's.
+SCST_BASELINES = ("mean", "greedy")
+
+#: train.scst.reward: the metrics a reward may mix.
+REWARD_METRICS = ("CIDEr-D", "BLEU-4")

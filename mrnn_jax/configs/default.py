@@ -144,6 +144,37 @@ def get_config() -> ConfigDict:
     c.train.select_by = "val/perplexity"
     c.train.select_mode = "auto"
 
+    # What training optimises: "cross_entropy" (the paper's: the perplexity of the training
+    # captions) or "scst", self-critical sequence training (Rennie et al., CVPR 2017): a
+    # fine-tuning phase after cross-entropy training that raises the CIDEr-D of sampled
+    # captions by REINFORCE (docs/scst.md). SCST starts from train.init_from (or --init-from).
+    c.train.objective = "cross_entropy"
+    # SCST's starting point: a work directory (its best checkpoint) or one step's folder
+    # (RUN/checkpoints/1500). Read once, when the SCST run starts; a resumed run ignores it.
+    c.train.init_from = ""
+    c.train.scst = ConfigDict()
+    # Captions sampled per image; each is rewarded against the mean of the image's others
+    # (Luo 2020's "new self-critical"): 5, as there and in self-critical.pytorch.
+    c.train.scst.samples = 5
+    # The reward's baseline: "mean" (of the image's other samples; no extra decoding) or
+    # "greedy" (the reward of the image's greedy caption: Rennie et al.'s original).
+    c.train.scst.baseline = "mean"
+    # The reward: CIDEr-D against the image's training references (document frequencies of
+    # every training image's references, computed once), optionally mixed with BLEU-4, e.g.
+    # reward=CIDEr-D,BLEU-4 reward_weights=1.0,0.5.
+    c.train.scst.reward = ("CIDEr-D",)
+    c.train.scst.reward_weights = (1.0,)
+    # Adam at a constant rate, fresh optimiser state (self-critical.pytorch: 5e-5). Every
+    # other training value (L2, clipping, evaluators, checkpoints, patience) is as above.
+    c.train.scst.learning_rate = 5e-5
+    # Longest sampled caption, in words (an end token may follow): 16, self-critical.pytorch's.
+    c.train.scst.max_words = 16
+    # Weight of an entropy bonus on the sampled words' distributions (0 = none, the papers').
+    c.train.scst.entropy_weight = 0.0
+    # The scalar that picks the best SCST checkpoint (train.select_by is cross-entropy's):
+    # the validation CIDEr-D of greedy captions, what SCST optimises.
+    c.train.scst.select_by = "val/CIDEr-D"
+
     # Evaluators run during training (mrnn_jax/evaluation/evaluators.py), each logging its
     # scalars as PREFIX/NAME to metrics.jsonl and TensorBoard. every: steps between runs, 0 = every
     # train.eval_every steps, -1 = never; each enabled one also runs at the last step.

@@ -242,9 +242,12 @@ def due(evaluators: Iterable[Evaluator], step: int, last: bool) -> list[Evaluato
     return [e for e in evaluators if e.due(step, last)]
 
 
-def check_selection(evaluators_config: ConfigDict, metric: str) -> None:
+def check_selection(
+    evaluators_config: ConfigDict, metric: str, key: str = "train.select_by"
+) -> None:
     """Raises :class:`MrnnError` unless an enabled evaluator logs under ``metric``'s prefix
-    (the names within a prefix are known only once its evaluators have run)."""
+    (the names within a prefix are known only once its evaluators have run); ``key`` is
+    the config key that named it."""
     prefixes = {
         name: str(entry.get("prefix", "") or entry.split)
         for name, entry in evaluators_config.items()
@@ -254,7 +257,7 @@ def check_selection(evaluators_config: ConfigDict, metric: str) -> None:
     if prefix not in prefixes.values():
         listed = ", ".join(f"{name} -> {p}/" for name, p in prefixes.items()) or "none enabled"
         raise MrnnError(
-            f"train.select_by={metric!r}: no enabled evaluator logs under {prefix!r} "
+            f"{key}={metric!r}: no enabled evaluator logs under {prefix!r} "
             f"(config.evaluators: {listed})"
         )
 

@@ -50,7 +50,7 @@ from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.pages import run_page
 from mrnn_jax.run_dir import RunDir
 from mrnn_jax.text.vocab import Vocabulary, build_vocab
-from mrnn_jax.training import lock, resume, signals
+from mrnn_jax.training import init_from, lock, resume, scst, signals
 from mrnn_jax.training.checkpoints import RunCheckpoints
 from mrnn_jax.training.resume import Progress
 from mrnn_jax.training.run_log import RunLog
@@ -86,6 +86,7 @@ def train_and_evaluate(
     """
     prepared = prepare(config, num_devices)
     run = RunDir.at(workdir)
+    prepared = with_starting_point(prepared, run)
     with hold(run) as stop:
         return train(prepared, run, stop, progress=progress)
 
@@ -103,6 +104,20 @@ class Prepared:
     dataset: Dataset
     encoder_params: Any
     selector: Selector
+    init: init_from.InitPoint | None = None  # where a fresh SCST run starts
+
+
+def with_starting_point(prepared: Prepared, run: RunDir) -> Prepared:
+    """``prepared`` with the checkpoint a fresh SCST run starts from (``train.init_from``),
+    checked against the config's model and the data's vocabulary; unchanged for cross-entropy
+    training and for an SCST run that resumes from its own checkpoints."""
+    config = prepared.config
+    if config.train.objective != "scst" or checkpoint_reader.digit_steps(run.latest):
+        return prepared
+    init = init_from.find_init(config.train.init_from, config)
+    vocab = build_vocab(prepared.dataset.splits["train"].records, config.dataset.min_count)
+    init_from.check_vocabulary(init, config.train.init_from, vocab)
+    return dataclasses.replace(prepared, init=init)
 
 
 def prepare(config: ConfigDict, num_devices: int | None = None) -> Prepared:
@@ -129,7 +144,7 @@ def prepare(config: ConfigDict, num_devices: int | None = None) -> Prepared:
     selector = Selector.from_config(tc)
     evaluators.check_config(config.evaluators)
     evaluators.check_scorers(config)
-    evaluators.check_selection(config.evaluators, selector.metric)
+    evaluators.check_selection(config.evaluators, selector.metric, selector.key)
     wanted = {"train", "val", *config.eval.splits, *evaluators.split_names(config.evaluators)}
     needed = None if config.dataset.name == "shapes" else wanted
     dataset = load_dataset(config.dataset, config.encoder, needed)
@@ -231,10 +246,18 @@ class Trainer:
     data_summary: dict
     config_json: dict
     vocab_json: dict
+    init: init_from.InitPoint | None = None  # SCST's starting point (a fresh SCST run only)
+
+    @property
+    def scst(self) -> bool:
+        """Whether the objective is self-critical sequence training."""
+        return self.config.train.objective == "scst"
 
     def step(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
         """Runs training step ``step`` (its batch: a pure function of seed and step)."""
         tc = self.config.train
+        if self.scst:
+            return self._scst_step(state, step)
         if self.device_data is not None:
             args = (self.table, step, tc.batch_size, tc.seed, tc.captions_per_image)
             indices = batch_indices(*args, widths=self.widths)
@@ -254,6 +277,27 @@ class Trainer:
         )
         return self.jitted_step(state, sharding.shard_local_batch(batch, self.mesh))
 
+    def _scst_step(self, state: TrainState, step: int) -> tuple[TrainState, dict]:
+        """An SCST step on the images a cross-entropy batch of ``step`` would hold."""
+        tc = self.config.train
+        images = batch_indices(
+            self.table,
+            step,
+            tc.batch_size,
+            tc.seed,
+            tc.captions_per_image,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )["images"]
+        batch = {"image": self.splits["train"].inputs[images], "image_index": images}
+        return self.jitted_step(state, sharding.shard_local_batch(batch, self.mesh))
+
+    def summarise(self, window: list[dict], seconds: float) -> dict:
+        """The ``train`` row of the steps in ``window`` (taking ``seconds``)."""
+        if self.scst:
+            return scst.summarise(window, seconds)
+        return _summarise(window, seconds)
+
 
 def build_trainer(
     prepared: Prepared, run: RunDir, ckpts: RunCheckpoints, latest: int | None
@@ -270,13 +314,18 @@ def build_trainer(
             run.path, ckpts.read_item(latest, "meta").get("data"), dataset.summary()
         )
     primary = distributed.is_primary()  # the one process that writes logs and results
-    if primary:
-        files.write_json_atomic(run.config, config_json)
+    init = None
+    if tc.objective == "scst" and latest is None:  # no intact checkpoint of its own
+        init = prepared.init or init_from.find_init(tc.init_from, config)
     splits = dataset.splits
     if latest is not None:
         vocab = Vocabulary.from_json(ckpts.read_item(latest, "vocab"))
     else:
         vocab = build_vocab(splits["train"].records, config.dataset.min_count)
+        if init is not None:
+            init_from.check_vocabulary(init, tc.init_from, vocab)
+    if primary:
+        files.write_json_atomic(run.config, config_json)
     if primary:
         vocab.save(run.vocab)
     table = CaptionTable.build(splits["train"].records, vocab, config.dataset.max_words)
@@ -291,6 +340,8 @@ def build_trainer(
     data_summary = dataset.summary()
     model = make_model(config.model, config.encoder, len(vocab))
     schedule = make_schedule(tc)
+    if tc.objective == "scst":
+        schedule = optax.constant_schedule(tc.scst.learning_rate)
     pretrained = config.encoder.name in ARCHITECTURES
     labels = None
     if pretrained:
@@ -300,9 +351,15 @@ def build_trainer(
         labels = trainable_labels(shapes["params"], config.encoder)
     tx = make_optimizer(tc, schedule, labels, config.encoder.get("learning_rate", 0.0))
     # The L2 penalty is the m-RNN's: a pretrained encoder's weights are not pulled to zero.
-    pure_step = make_train_step(model, tx, tc.l2_weight, ("image_encoder",) if pretrained else ())
+    l2_skip = ("image_encoder",) if pretrained else ()
+    pure_step = make_train_step(model, tx, tc.l2_weight, l2_skip)
+    if tc.objective == "scst":
+        options = scst.ScstOptions.from_config(tc)
+        references = scst.references(splits["train"].records)
+        reward = scst.HostReward(vocab, references, options.reward, options.reward_weights)
+        pure_step = scst.make_scst_step(model, tx, options, reward, tc.l2_weight, l2_skip)
     device_data = None
-    if tc.get("device_data", False):
+    if tc.get("device_data", False) and tc.objective != "scst":  # SCST sends only images
         if isinstance(inputs, ImageFiles):
             raise MrnnError(
                 "train.device_data=True holds the training set on the devices: it needs "
@@ -332,6 +389,7 @@ def build_trainer(
         data_summary=data_summary,
         config_json=config_json,
         vocab_json=vocab.to_json(),
+        init=init,
     )
 
 
@@ -346,6 +404,10 @@ def start_progress(
     state = init_state(
         trainer.model, trainer.tx, tc.seed, first_image, first_tokens, prepared.encoder_params
     )
+    if trainer.init is not None:  # SCST: the trained model, a fresh optimiser
+        params = init_from.read_params(trainer.init, _abstract(state.params))
+        state = state.replace(params=params, opt_state=trainer.tx.init(params))
+        log.info("starting from %s", trainer.init.describe())
     state = sharding.replicate(state, trainer.mesh)
     meta: dict = {}
     if latest is not None:
@@ -418,14 +480,11 @@ def train_steps(
 
 def _log_train(trainer: Trainer, p: Progress, logs: RunLog, bar: tqdm, seconds: float) -> None:
     """Writes the ``train`` row of the steps since the last one."""
-    summary = _summarise(sharding.to_host(p.window), seconds)
+    summary = trainer.summarise(sharding.to_host(p.window), seconds)
     summary["learning_rate"] = float(trainer.schedule(p.step))
     logs.write(p.step, "train", summary)
-    bar.set_postfix(
-        loss=f"{summary['loss']:.3f}",
-        ppl=f"{summary['perplexity']:.2f}",
-        tok_s=f"{summary['tokens_per_second']:.0f}",
-    )
+    shown = PROGRESS_SCST if trainer.scst else PROGRESS
+    bar.set_postfix({short: form.format(summary[key]) for key, (short, form) in shown.items()})
     p.window = []
 
 
@@ -555,7 +614,7 @@ def _selection_value(selector: Selector, scalars: dict[str, float], step: int) -
     if value is None and any(k.startswith(selector.prefix + "/") for k in scalars):
         logged = sorted(k for k in scalars if k.startswith(selector.prefix + "/"))
         raise MrnnError(
-            f"train.select_by={selector.metric!r} was not logged at step {step}; the "
+            f"{selector.key}={selector.metric!r} was not logged at step {step}; the "
             f"evaluators logged {', '.join(logged)}"
         )
     return value
@@ -576,6 +635,19 @@ def _log_early_stop(bar: tqdm | None, p: Progress, selector: Selector) -> None:
     log.info(message)
     if bar is not None:
         bar.write(message)
+
+
+# What the progress bar shows of a ``train`` row: key -> (label, format).
+PROGRESS = {
+    "loss": ("loss", "{:.3f}"),
+    "perplexity": ("ppl", "{:.2f}"),
+    "tokens_per_second": ("tok_s", "{:.0f}"),
+}
+PROGRESS_SCST = {
+    "reward": ("reward", "{:.3f}"),
+    "reward_baseline": ("baseline", "{:.3f}"),
+    "samples_per_second": ("samples_s", "{:.0f}"),
+}
 
 
 def _abstract(tree: Any) -> Any:

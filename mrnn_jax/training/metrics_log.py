@@ -24,7 +24,7 @@ from mrnn_jax.run_dir import RunDir
 log = logging.getLogger("mrnn_jax")
 
 # Row values that measure the wall clock: they differ between any two runs.
-TIMING_KEYS = ("time", "tokens_per_second")
+TIMING_KEYS = ("time", "tokens_per_second", "samples_per_second", "reward_share")
 
 
 def read_rows(path: str) -> list[dict]:

@@ -27,10 +27,12 @@ class Selector:
     Attributes:
       metric: the scalar's full name, e.g. ``"val/CIDEr-D"``.
       maximise: True when a larger value is better.
+      key: the config key that names it (``train.select_by``, or ``train.scst.select_by``).
     """
 
     metric: str
     maximise: bool
+    key: str = "train.select_by"
 
     @classmethod
     def from_config(cls, train_config: ConfigDict) -> Selector:
@@ -42,7 +44,7 @@ class Selector:
             maximise = not any(word in name for word in _LOWER_IS_BETTER)
         else:
             maximise = mode == "max"
-        return cls(metric=metric, maximise=maximise)
+        return cls(metric=metric, maximise=maximise, key=configs.selection_key(train_config))
 
     @property
     def prefix(self) -> str:

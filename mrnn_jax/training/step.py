@@ -132,18 +132,7 @@ def make_train_step(
             return nll + l2_weight * l2, (sums, l2)
 
         (loss, (sums, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # The non-finite guard: a NaN or Inf loss or gradient leaves parameters and optimiser
-        # state as they were (see mrnn_jax.training.nonfinite for what the run then does).
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        params, opt_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old),
-            (params, opt_state),
-            (state.params, state.opt_state),
-        )
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state, finite, grad_norm = apply_gradients(state, tx, loss, grads)
         step_metrics = {
             "loss": loss,
             "nll_sum": sums["nll_sum"],
@@ -155,6 +144,26 @@ def make_train_step(
         return new_state, step_metrics
 
     return train_step
+
+
+def apply_gradients(
+    state: TrainState, tx: optax.GradientTransformation, loss: jax.Array, grads: Any
+) -> tuple[TrainState, jax.Array, jax.Array]:
+    """``(new_state, finite, grad_norm)``: ``state`` after one optimiser update by ``grads``
+    (the step counted), unless ``loss`` or the gradient norm is not finite, which leaves the
+    parameters and optimiser state as they were (the non-finite guard; see
+    :mod:`mrnn_jax.training.nonfinite` for what the run then does)."""
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state),
+        (state.params, state.opt_state),
+    )
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, finite, grad_norm
 
 
 def jit_train_step(train_step: Callable, mesh) -> Callable:
