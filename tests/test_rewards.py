@@ -11,7 +11,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
 from mrnn_jax.errors import MrnnError
-from mrnn_jax.evaluation import rewards
+from mrnn_jax.evaluation import consensus, rewards
 from mrnn_jax.text.vocab import END_ID, PAD_ID, RESERVED, START_ID
 
 WORDS = [
@@ -168,3 +168,23 @@ def test_an_empty_batch_scores_nothing(corpus):
     references, _ = corpus
     scorer = rewards.CaptionRewards(references, ("CIDEr-D", "BLEU-4"), (1.0, 0.5))
     assert scorer.score([], np.zeros(0, np.int64)).shape == (0,)
+
+
+def test_pair_cider_is_the_reward_per_reference_in_any_row_order(corpus):
+    references, rounds = corpus
+    pair = consensus.PairCider(references)
+    reward = rewards.CaptionRewards(references)
+    first = np.cumsum([0] + [len(r) for r in references])
+    rng = np.random.default_rng(4)
+    rows = rng.permutation(np.concatenate([np.arange(first[-1]), [0, 5, 5]]))
+    for hypothesis in rounds[0][:10]:
+        mixed = pair.scores(hypothesis, rows)
+        alone = np.concatenate(
+            [pair.scores(hypothesis, np.arange(first[i], first[i + 1])) for i in range(IMAGES)]
+        )
+        np.testing.assert_array_equal(mixed, alone[rows])
+        means = [alone[first[i] : first[i + 1]].mean() for i in range(IMAGES)]
+        whole = reward.score([hypothesis] * IMAGES, np.arange(IMAGES))
+        np.testing.assert_allclose(means, whole, rtol=1e-12, atol=1e-14)
+    with pytest.raises(MrnnError, match="reference rows must lie in"):
+        pair.scores("a", np.asarray([first[-1]]))
