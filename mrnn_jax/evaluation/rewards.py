@@ -23,6 +23,7 @@ split in Python; token-id arrays not even that).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -149,12 +150,10 @@ class ReferenceNgrams:
         if per_image.min() < 1:
             first = int(np.argmin(per_image))
             raise MrnnError(f"rewards: reference image {first} has no captions")
-        self.word_ids: dict[str, int] = {}
         split = [caption.split() for refs in references for caption in refs]
-        words = np.fromiter(
-            (self.word_ids.setdefault(w, len(self.word_ids)) for s in split for w in s),
-            np.int64,
-        )
+        flat = list(itertools.chain.from_iterable(split))
+        self.word_ids: dict[str, int] = {w: i for i, w in enumerate(dict.fromkeys(flat))}
+        words = np.fromiter(map(self.word_ids.__getitem__, flat), np.int64, len(flat))
         lengths = np.asarray([len(s) for s in split], np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)])
         self.num_images = len(references)
@@ -213,18 +212,14 @@ class ReferenceNgrams:
         if isinstance(hypotheses, str):
             raise MrnnError("rewards: hypotheses must be a list of strings, not one string")
         split = [h.split() for h in hypotheses]
-        unknown: dict[str, int] = {}
-        get = self.word_ids.get
-        words = np.fromiter(
-            (
-                i
-                if (i := get(w)) is not None
-                else unknown.setdefault(w, self.num_words + len(unknown))
-                for s in split
-                for w in s
-            ),
-            np.int64,
-        )
+        flat = list(itertools.chain.from_iterable(split))
+        words = np.fromiter(map(self.word_ids.get, flat, itertools.repeat(-1)), np.int64, len(flat))
+        unseen = np.flatnonzero(words < 0)
+        if unseen.size:  # distinct ids from num_words up
+            ids = {
+                w: self.num_words + i for i, w in enumerate(dict.fromkeys(flat[i] for i in unseen))
+            }
+            words[unseen] = [ids[flat[i]] for i in unseen]
         starts = np.concatenate([[0], np.cumsum([len(s) for s in split])]).astype(np.int64)
         return words, starts
 
@@ -286,12 +281,13 @@ class ReferenceNgrams:
             else:
                 prefix = local[g.keys // base]
                 last = g.keys % base
-                key = prefix * self.num_words + last
                 table = self.keys[n]
+                ask = np.flatnonzero((prefix >= 0) & (last < self.num_words))
+                key = prefix[ask] * self.num_words + last[ask]
                 at = np.minimum(np.searchsorted(table, key), max(len(table) - 1, 0))
-                seen = (prefix >= 0) & (last < self.num_words) & (len(table) > 0)
-                seen &= table[at] == key if len(table) else seen
-                local = np.where(seen, at, -1)
+                hit = table[at] == key if len(table) else np.zeros(len(ask), bool)
+                local = np.full(len(g.keys), -1, np.int64)
+                local[ask[hit]] = at[hit]
             column = local[g.gram]
             hyp.append(g.sentence)
             columns.append(np.where(column >= 0, column + self.offsets[n], -1))
@@ -317,8 +313,8 @@ class ReferenceNgrams:
         known = np.flatnonzero(column_e >= 0)
         query = slot[hyp_e[known]] * size + column_e[known]
         at = np.minimum(np.searchsorted(table, query), max(len(table) - 1, 0))
-        found = known[table[at] == query] if len(table) else known[:0]
-        entry = index[at[table[at] == query]] if len(table) else known[:0]
+        hit = table[at] == query if len(table) else np.zeros(len(query), bool)
+        found, entry = known[hit], index[at[hit]]  # entries, and their image-gram index
 
         per_image = self.per_image[images]
         width = int(per_image.max()) if count else 1
