@@ -164,10 +164,17 @@ def test_unknown_metrics_and_bad_inputs_raise_one_line_errors(corpus):
         scorer.score(np.zeros((2, 3), np.int32), np.asarray([0, 1]))
 
 
-def test_an_empty_batch_scores_nothing(corpus):
+def test_an_empty_batch_scores_nothing_and_empty_references_score_zero(corpus):
     references, _ = corpus
     scorer = rewards.CaptionRewards(references, ("CIDEr-D", "BLEU-4"), (1.0, 0.5))
     assert scorer.score([], np.zeros(0, np.int64)).shape == (0,)
+    empty = rewards.CaptionRewards([[""], ["", ""]], ("CIDEr-D", "BLEU-4"), (1.0, 1.0))
+    gts, res = {0: [""], 1: ["", ""]}, {0: ["a b"], 1: [""]}
+    # pycocoevalcap's Cider fails on a corpus without n-grams; nothing is shared: CIDEr-D 0.
+    bleu = [Bleu(4).compute_score({0: gts[i]}, {0: res[i]}, verbose=0)[0][3] for i in (0, 1)]
+    each = empty.score_by_metric(["a b", ""], np.asarray([0, 1]))
+    np.testing.assert_array_equal(each["CIDEr-D"], [0.0, 0.0])
+    np.testing.assert_allclose(each["BLEU-4"], bleu, rtol=1e-12, atol=1e-300)
 
 
 def test_pair_cider_is_the_reward_per_reference_in_any_row_order(corpus):

@@ -297,7 +297,7 @@ class ReferenceNgrams:
         column_e = np.concatenate(columns)
         count_e = np.concatenate(counts).astype(np.float64)
         order_e = np.concatenate(orders)
-        idf = np.where(column_e >= 0, self.idf[np.maximum(column_e, 0)], self.ref_len)
+        idf = np.append(self.idf, self.ref_len)[column_e]  # column -1 (unseen): log(images)
         norms = np.sqrt(
             np.bincount(hyp_e * ORDERS + order_e, (count_e * idf) ** 2, minlength=count * ORDERS)
         ).reshape(count, ORDERS)
