@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections import Counter
 from collections.abc import Sequence
 
 import jax
@@ -33,6 +32,7 @@ from ml_collections import ConfigDict
 from mrnn_jax.data import load_split
 from mrnn_jax.data.pipeline import image_batches
 from mrnn_jax.errors import MrnnError
+from mrnn_jax.evaluation import rewards
 from mrnn_jax.model import MRNN
 from mrnn_jax.text.ptb_tokenizer import ptb_tokenize
 
@@ -145,86 +145,28 @@ class PairCider:
     ``documents`` (one set of tokenised captions per image: the training images).
 
     The mean of :meth:`scores` over an image's references equals pycocoevalcap's CIDEr-D
-    of that image when ``documents`` are the scored corpus's reference sets (tested).
+    of that image when ``documents`` are the scored corpus's reference sets (tested). The
+    n-gram statistics are :class:`mrnn_jax.evaluation.rewards.ReferenceNgrams`, the
+    project's one CIDEr-D implementation (the SCST reward uses it too).
     """
 
-    def __init__(self, documents: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0):
-        import scipy.sparse  # slow to import: only consensus reranking needs it
-
-        self.n, self.sigma = n, sigma
-        self._ids: dict[tuple[str, ...], int] = {}
-        df: Counter = Counter()
-        rows, cols, counts = [], [], []
-        self.sentences: list[str] = []
-        for document in documents:
-            seen: set[int] = set()
-            for sentence in document:
-                grams = self._grams(sentence, grow=True)
-                row = len(self.sentences)
-                self.sentences.append(sentence)
-                for gram, count in grams.items():
-                    rows.append(row)
-                    cols.append(gram)
-                    counts.append(count)
-                seen.update(grams)
-            df.update(seen)
-        size = len(self._ids)
-        self.ref_len = float(np.log(max(len(documents), 1)))
-        self.order = np.zeros(size, np.int64)
-        for gram, index in self._ids.items():
-            self.order[index] = len(gram) - 1
-        self.idf = self.ref_len - np.log(np.maximum(1.0, [df[i] for i in range(size)]))
-        self.counts = scipy.sparse.csr_matrix(
-            (np.asarray(counts, np.float64), (rows, cols)), shape=(len(self.sentences), size)
-        )
-        weights = self.counts.multiply(self.idf[None, :]).power(2).tocsr()
-        one_hot = scipy.sparse.csr_matrix(
-            (np.ones(size), (np.arange(size), self.order)), shape=(size, n)
-        )
-        self.norms = np.sqrt((weights @ one_hot).toarray())  # [S, n]
-        self.lengths = np.asarray(  # pycocoevalcap's length: the number of bigrams
-            [max(len(s.split()) - 1, 0) for s in self.sentences], np.float64
-        )
-
-    def _grams(self, sentence: str, grow: bool = False) -> dict:
-        words = sentence.split()
-        counts: Counter = Counter()
-        for k in range(1, self.n + 1):
-            for i in range(len(words) - k + 1):
-                counts[tuple(words[i : i + k])] += 1
-        if not grow:
-            return counts
-        out = {}
-        for gram, count in counts.items():
-            out[self._ids.setdefault(gram, len(self._ids))] = count
-        return out
+    def __init__(self, documents: Sequence[Sequence[str]], sigma: float = rewards.SIGMA):
+        self.sigma = sigma
+        self.ngrams = rewards.ReferenceNgrams(documents)
+        self.sentences: list[str] = [sentence for document in documents for sentence in document]
 
     def scores(self, hypothesis: str, references: np.ndarray) -> np.ndarray:
         """CIDEr-D (times 10, as pycocoevalcap) of tokenised ``hypothesis`` against each
         corpus sentence whose row is in ``references``, alone."""
-        references = np.asarray(references, np.int64)
-        grams = self._grams(hypothesis)
-        known = [(self._ids[g], c) for g, c in grams.items() if g in self._ids]
-        norm_h = np.zeros(self.n)
-        for gram, count in grams.items():
-            index = self._ids.get(gram)
-            idf = self.ref_len if index is None else self.idf[index]
-            norm_h[len(gram) - 1] += (count * idf) ** 2
-        norm_h = np.sqrt(norm_h)
-        numerator = np.zeros((len(references), self.n))
-        if known:
-            cols = np.asarray([i for i, _ in known])
-            tf_h = np.asarray([c for _, c in known], np.float64)
-            idf = self.idf[cols]
-            tf_r = self.counts[references][:, cols].toarray()
-            pair = np.minimum(tf_h * idf, tf_r * idf) * (tf_r * idf)
-            np.add.at(numerator.T, self.order[cols], pair.T)
-        denominator = norm_h[None, :] * self.norms[references]
-        value = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0)
-        length_h = max(len(hypothesis.split()) - 1, 0)
-        delta = length_h - self.lengths[references]
-        value = value * np.exp(-(delta**2) / (2 * self.sigma**2))[:, None]
-        return 10.0 * value.mean(axis=1)
+        rows = np.asarray(references, np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self.sentences)):
+            raise MrnnError(f"PairCider: reference rows must lie in [0, {len(self.sentences)})")
+        images = self.ngrams.row_image[rows]
+        unique_images, slot = np.unique(images, return_inverse=True)
+        words, starts = self.ngrams.encode_strings([hypothesis] * len(unique_images))
+        stats = self.ngrams.statistics(words, starts, unique_images)
+        pair = self.ngrams.pair_cider(stats, self.sigma)
+        return pair[slot, rows - self.ngrams.first_row[images]]
 
 
 def pair_bleu4(hypothesis: str, references: Sequence[str]) -> np.ndarray:
