@@ -261,7 +261,6 @@ def test_a_small_closed_vocabulary_is_not_warned_about(caplog):
     [
         "encoder.features_dim=0",
         "train.length_buckets=(50,)",
-        "eval.metrics=('NOPE',)",
         "dataset.shapes_sizes.val=0",
     ],
 )
