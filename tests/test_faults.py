@@ -531,13 +531,16 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("eval.batch_size=0", "eval.batch_size must be positive, got 0"),
-        ("train.learning_rate=-1", "train.learning_rate must be positive and finite, got -1.0"),
-        ("train.learning_rate=1e999", "train.learning_rate must be positive and finite, got inf"),
-        ("train.max_checkpoints=0", "train.max_checkpoints must be at least 1, got 0"),
-        ("dataset.max_words=0", "dataset.max_words must be at least 1, got 0"),
-        ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore': choose skip or stop"),
-        ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps must be at least 1, got 0"),
+        ("eval.batch_size=0", "eval.batch_size=0: must be an integer >= 1"),
+        ("train.learning_rate=-1", "train.learning_rate=-1.0: must be a finite number > 0"),
+        ("train.learning_rate=1e999", "train.learning_rate=inf: must be a finite number > 0"),
+        ("train.max_checkpoints=0", "train.max_checkpoints=0: must be an integer >= 1"),
+        (
+            "dataset.max_words=0",
+            "dataset.max_words=0: must be an integer >= 1 (captions are cut to this many words)",
+        ),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore': choose from skip, stop"),
+        ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps=0: must be an integer >= 1"),
     ],
 )
 def test_config_values_checked_up_front(override, message):

@@ -7,23 +7,13 @@ import difflib
 import importlib
 import importlib.util
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
 from ml_collections import ConfigDict
 
-from mrnn_jax.configs.choices import (
-    ACTIVATIONS,
-    COMPUTE_DTYPES,
-    DATASETS,
-    ENCODERS,
-    EVALUATOR_KINDS,
-    OBJECTIVES,
-    REWARD_METRICS,
-    SCST_BASELINES,
-    SELECT_MODES,
-)
+from mrnn_jax.configs import rules
+from mrnn_jax.configs.choices import EVALUATOR_KINDS, SELECT_MODES
 from mrnn_jax.errors import MrnnError
 
 BUILTIN = ("default", "shapes", "tiny", "flickr8k", "flickr30k", "coco", "iapr", "folder")
@@ -56,106 +46,14 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ConfigDict:
 
 
 def validate(config: ConfigDict) -> None:
-    """Raises :class:`MrnnError` for values no run could use (unknown names, bad sizes)."""
-    if config.model.get("compute_dtype", "float32") not in COMPUTE_DTYPES:
-        raise MrnnError(
-            f"model.compute_dtype={config.model.compute_dtype!r}: choose from "
-            f"{', '.join(COMPUTE_DTYPES)}"
-        )
-    for key in ("word_activation", "recurrent_activation", "multimodal_activation"):
-        if config.model[key] not in ACTIVATIONS:
-            raise MrnnError(
-                f"model.{key}={config.model[key]!r}: choose from {', '.join(sorted(ACTIVATIONS))}"
-            )
-    if config.dataset.name not in DATASETS:
-        raise MrnnError(f"dataset.name={config.dataset.name!r}: choose from {', '.join(DATASETS)}")
-    if config.encoder.name not in ENCODERS:
-        raise MrnnError(f"encoder.name={config.encoder.name!r}: choose from {', '.join(ENCODERS)}")
-    if config.dataset.get("on_bad_image", "skip") not in ("skip", "error"):
-        raise MrnnError(
-            f"dataset.on_bad_image={config.dataset.on_bad_image!r}: choose skip or error"
-        )
-    for key in ("embed_dim", "word_dim", "multimodal_dim"):
-        if config.model[key] < 1:
-            raise MrnnError(f"model.{key} must be positive, got {config.model[key]}")
-    if not 0.0 <= config.model.dropout_rate < 1.0:
-        raise MrnnError(f"model.dropout_rate must be in [0, 1), got {config.model.dropout_rate}")
-    for key in ("batch_size", "num_steps", "captions_per_image", "log_every", "eval_every"):
-        if config.train[key] < 1:
-            raise MrnnError(f"train.{key} must be positive, got {config.train[key]}")
-    for key in ("checkpoint_every", "max_checkpoints", "max_nonfinite_steps"):
-        if key in config.train and config.train[key] < 1:
-            raise MrnnError(f"train.{key} must be at least 1, got {config.train[key]}")
-    learning_rate = config.train.learning_rate
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise MrnnError(f"train.learning_rate must be positive and finite, got {learning_rate}")
-    if config.train.get("on_nonfinite", "skip") not in ("skip", "stop"):
-        raise MrnnError(f"train.on_nonfinite={config.train.on_nonfinite!r}: choose skip or stop")
-    if config.train.warmup_steps < 0:
-        raise MrnnError(f"train.warmup_steps must be 0 or more, got {config.train.warmup_steps}")
-    if not (math.isfinite(config.train.grad_clip_norm) and config.train.grad_clip_norm > 0):
-        raise MrnnError(
-            f"train.grad_clip_norm must be positive and finite, got {config.train.grad_clip_norm}"
-        )
-    _check_int(config, "dataset.min_count", 1, "words seen fewer times become <unk>")
-    _check_int(config, "train.seed", 0, "any non-negative integer")
-    _check_int(config, "train.patience", 0, "0 never stops early")
-    if config.dataset.max_words < 1:
-        raise MrnnError(f"dataset.max_words must be at least 1, got {config.dataset.max_words}")
-    for key in ("batch_size", "max_decode_words"):
-        if config.eval[key] < 1:
-            raise MrnnError(f"eval.{key} must be positive, got {config.eval[key]}")
-    check_scst(config.train)
+    """Raises :class:`MrnnError` (one line: the key, the value, what is allowed) for a value no
+    run could use: each value against its rule in :data:`rules.RULES`, each evaluator entry
+    against its kind's, then the relations between values (:data:`rules.RELATIONS`)."""
+    rules.check_values(config)
     selection(config.train)
     if "evaluators" in config:
         check_evaluators(config.evaluators)
-
-
-def check_scst(train_config: ConfigDict) -> None:
-    """Raises :class:`MrnnError` for an objective or SCST setting no run could use."""
-    objective = train_config.get("objective", "cross_entropy")
-    if objective not in OBJECTIVES:
-        raise MrnnError(f"train.objective={objective!r}: choose from {', '.join(OBJECTIVES)}")
-    scst = train_config.get("scst")
-    if scst is None:
-        return
-    if scst.baseline not in SCST_BASELINES:
-        raise MrnnError(
-            f"train.scst.baseline={scst.baseline!r}: choose from {', '.join(SCST_BASELINES)}"
-        )
-    samples, least = scst.samples, 2 if scst.baseline == "mean" else 1
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < least:
-        why = "the mean baseline is of the image's other samples" if least == 2 else "per image"
-        raise MrnnError(f"train.scst.samples={samples!r}: must be an integer >= {least} ({why})")
-    for metric in scst.reward:
-        if metric not in REWARD_METRICS:
-            raise MrnnError(
-                f"train.scst.reward={tuple(scst.reward)!r}: {metric!r} is not a reward metric; "
-                f"choose from {', '.join(REWARD_METRICS)}"
-            )
-    if not scst.reward or len(set(scst.reward)) != len(scst.reward):
-        raise MrnnError(
-            f"train.scst.reward={tuple(scst.reward)!r}: name each metric once, at least one"
-        )
-    weights = tuple(scst.reward_weights)
-    if len(weights) != len(scst.reward) or not all(
-        isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights
-    ):
-        raise MrnnError(
-            f"train.scst.reward_weights={weights!r}: one positive weight per reward metric "
-            f"({len(scst.reward)} for {tuple(scst.reward)!r})"
-        )
-    rate = scst.learning_rate
-    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
-        raise MrnnError(f"train.scst.learning_rate={rate!r}: must be positive and finite")
-    words = scst.max_words
-    if isinstance(words, bool) or not isinstance(words, int) or words < 1:
-        raise MrnnError(f"train.scst.max_words={words!r}: must be an integer >= 1")
-    entropy = scst.entropy_weight
-    if not (isinstance(entropy, int | float) and math.isfinite(entropy) and entropy >= 0):
-        raise MrnnError(
-            f"train.scst.entropy_weight={entropy!r}: must be 0 (no entropy bonus) or positive"
-        )
+    rules.check_relations(config)
 
 
 def selection(train_config: ConfigDict) -> tuple[str, str]:
@@ -191,32 +89,18 @@ def check_evaluator(name: str, entry: Mapping, kinds: Sequence[str] = EVALUATOR_
     kind = entry.get("kind")
     if kind not in kinds:
         raise MrnnError(f"evaluators.{name}.kind={kind!r}: choose from {', '.join(kinds)}")
-    if not entry.get("split"):
-        raise MrnnError(f"evaluators.{name}.split must name a split")
-    if int(entry.get("every", 0)) < -1:
-        raise MrnnError(f"evaluators.{name}.every must be >= -1 (-1 = never)")
-    if int(entry.get("num_images", 0)) < 0:
-        raise MrnnError(f"evaluators.{name}.num_images must be >= 0 (0 = all)")
+    for key in ("split", "every", "num_images"):
+        if key in entry or key == "split":
+            rules.EVALUATOR_COMMON[key].check(f"evaluators.{name}.{key}", entry.get(key))
 
 
 def check_evaluators(evaluators_config: ConfigDict, kinds: Sequence[str] = EVALUATOR_KINDS) -> None:
-    """Raises :class:`MrnnError` for an entry of ``config.evaluators`` no run could use
-    (during training, captions are greedy or beam search)."""
+    """Raises :class:`MrnnError` for an entry of ``config.evaluators`` no run could use: its
+    kind's keys only, each within its rule (during training, captions are greedy or beam
+    search)."""
     for name, entry in evaluators_config.items():
         check_evaluator(name, entry, kinds)
-        if entry.kind == "captions" and entry.get("strategy", "greedy") not in ("greedy", "beam"):
-            raise MrnnError(f"evaluators.{name}.strategy must be greedy or beam")
-
-
-def _check_int(config: ConfigDict, key: str, least: int, hint: str) -> None:
-    """Raises :class:`MrnnError` unless the config value at ``key`` (when present) is an
-    integer of at least ``least``."""
-    section, name = key.split(".")
-    if name not in config[section]:
-        return
-    value = config[section][name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise MrnnError(f"{key}={value!r}: must be an integer >= {least} ({hint})")
+        rules.check_evaluator_values(name, entry)
 
 
 def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:

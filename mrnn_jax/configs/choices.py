@@ -8,7 +8,15 @@ keys are tested to equal them, in order):
 * :data:`EVALUATOR_KINDS`: ``mrnn_jax.evaluation.evaluators.REGISTRY``;
 * :data:`SELECT_MODES`: :func:`mrnn_jax.configs.selection`, for ``mrnn_jax.training.selection``;
 * :data:`OBJECTIVES` and :data:`SCST_BASELINES`: ``mrnn_jax.training.scst``;
-* :data:`REWARD_METRICS`: ``mrnn_jax.evaluation.rewards``.
+* :data:`REWARD_METRICS`: ``mrnn_jax.evaluation.rewards``;
+* :data:`SHAPES_SPLITS`: ``mrnn_jax.data.shapes.SPLITS``;
+* :data:`RESIZE_MODES`: ``mrnn_jax.images.RESIZE_MODES``;
+* :data:`STRATEGIES`: ``mrnn_jax.decode.STRATEGIES``;
+* :data:`RERANK_FEATURES`, :data:`RERANK_METRICS`: ``mrnn_jax.evaluation.consensus``;
+* :data:`CAPTION_METRICS`: ``mrnn_jax.evaluation.coco_metrics`` (the names it accepts, and
+  the scores each logs).
+
+Those that do not import them are tested to equal them (tests/test_config_validation.py).
 """
 
 from __future__ import annotations
@@ -42,3 +50,33 @@ SCST_BASELINES = ("mean", "greedy")
 
 #: train.scst.reward: the metrics a reward may mix.
 REWARD_METRICS = ("CIDEr-D", "BLEU-4")
+
+#: dataset.shapes_sizes' keys: the built-in shapes dataset's splits.
+SHAPES_SPLITS = ("train", "val", "test", "novel")
+
+#: encoder.resize.
+RESIZE_MODES = ("center_crop", "squash")
+
+#: encoder.pixel_order ("" = the weights file's).
+PIXEL_ORDERS = ("", "RGB", "BGR")
+
+#: evaluators.<captions>.strategy (during training: greedy or beam).
+STRATEGIES = ("greedy", "sample", "beam")
+
+#: rerank.features and a captions evaluator's rerank_features.
+RERANK_FEATURES = ("projection", "cnn")
+
+#: rerank.metric and a captions evaluator's rerank_metric.
+RERANK_METRICS = ("CIDEr", "BLEU")
+
+#: eval.metrics and a captions evaluator's metrics: each coco-caption metric and the corpus
+#: scores it logs (SPICE is accepted and always reported unavailable: it logs nothing).
+#: Spellings are matched as coco_metrics matches them: case, "-", "_" and " " ignored, and
+#: ROUGE for ROUGE_L, CIDEr-D for CIDEr.
+CAPTION_METRICS = {
+    "BLEU": ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"),
+    "METEOR": ("METEOR",),
+    "ROUGE_L": ("ROUGE-L",),
+    "CIDEr": ("CIDEr-D",),
+    "SPICE": (),
+}

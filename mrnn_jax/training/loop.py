@@ -160,6 +160,31 @@ def prepare(config: ConfigDict, num_devices: int | None = None) -> Prepared:
     return Prepared(config, mesh, dataset, encoder_params, selector)
 
 
+#: A vocabulary of fewer words (the reserved tokens included) is suspicious when
+#: dataset.min_count dropped words to make it that small.
+SMALL_VOCABULARY = 50
+
+
+def warn_small_vocabulary(vocab: Vocabulary, records: list[ImageRecord], min_count: int) -> None:
+    """Logs one warning line when dataset.min_count left a vocabulary of fewer than
+    :data:`SMALL_VOCABULARY` words (a closed vocabulary that small, like shapes', is not
+    warned about: no word was dropped)."""
+    if len(vocab) >= SMALL_VOCABULARY:
+        return
+    seen = {token for record in records for caption in record.tokens for token in caption}
+    dropped = len(seen - set(vocab.words))
+    if dropped:
+        log.warning(
+            "warning: vocabulary of %d words (under %d): dataset.min_count=%d made %d of the "
+            "%d training words <unk>; lower dataset.min_count",
+            len(vocab),
+            SMALL_VOCABULARY,
+            min_count,
+            dropped,
+            len(seen),
+        )
+
+
 def check_one_batch(records: list[ImageRecord], train_config: ConfigDict) -> None:
     """Raises :class:`MrnnError` when the training split cannot fill one batch."""
     per_batch = images_per_batch(train_config.batch_size, train_config.captions_per_image)
@@ -322,6 +347,7 @@ def build_trainer(
         vocab = Vocabulary.from_json(ckpts.read_item(latest, "vocab"))
     else:
         vocab = build_vocab(splits["train"].records, config.dataset.min_count)
+        warn_small_vocabulary(vocab, splits["train"].records, config.dataset.min_count)
         if init is not None:
             init_from.check_vocabulary(init, tc.init_from, vocab)
     if primary:

@@ -85,19 +85,13 @@ class HostReward:
         metrics: Sequence[str] = ("CIDEr-D",),
         weights: Sequence[float] = (1.0,),
     ):
-        self.words = np.asarray(vocab.words, dtype=object)
-        self.scorer = CaptionRewards(image_references, metrics=metrics, weights=weights)
-
-    def captions(self, tokens: np.ndarray) -> list[str]:
-        """Token-id rows (the end token and padding end a caption) as space-joined words."""
-        tokens = np.asarray(tokens)
-        ended = (tokens == END_ID) | (tokens == PAD_ID)
-        lengths = np.where(ended.any(axis=1), ended.argmax(axis=1), tokens.shape[1])
-        return [" ".join(self.words[row[:n]]) for row, n in zip(tokens, lengths, strict=True)]
+        self.scorer = CaptionRewards(
+            image_references, metrics=metrics, weights=weights, vocabulary=vocab.words
+        )
 
     def __call__(self, tokens: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         started = time.perf_counter()
-        scores = self.scorer.score(self.captions(tokens), np.asarray(images))
+        scores = self.scorer.score(np.asarray(tokens), np.asarray(images))
         seconds = time.perf_counter() - started
         return np.asarray(scores, np.float32), np.asarray(seconds, np.float32)
 
