@@ -180,7 +180,8 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
         "image to read its beam-search captions with their log-probabilities, type a sentence "
         "to see the gallery ranked by P(sentence | image). The same as JSON: POST "
         '/api/caption (multipart \'image\'), POST /api/search ({"sentence", "top"}), '
-        "GET /api/info. Binds to 127.0.0.1 unless --host says otherwise.",
+        "GET /api/info. Binds to 127.0.0.1 unless --host says otherwise; the address is "
+        "printed once the server is listening, and a busy port is an error (exit status 2).",
     )
     _add_checkpoint_arguments(serve)
     _add_encoder_weights_argument(serve)
@@ -210,6 +211,16 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
         type=int,
         default=limits.max_gallery_images,
         help=f"most gallery images ({limits.max_gallery_images})",
+    )
+    serve.add_argument(
+        "--decode-memory-mb",
+        type=float,
+        default=limits.decode_memory_bytes / 2**20,
+        help="memory that uploads being decoded at the same time may take together, MiB "
+        f"({limits.decode_memory_bytes / 2**20:g}: two images of the largest size at once). "
+        "Each image's need is estimated from its header before decoding; an upload that "
+        f"finds it full waits up to {limits.decode_wait_seconds:g} s, then gets 503 with "
+        "Retry-After; one that could never fit gets 413",
     )
     return serve
 
@@ -497,7 +508,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_image_pixels=int(args.max_megapixels * 1e6),
         max_gallery_images=args.max_gallery,
+        decode_memory_bytes=int(args.decode_memory_mb * 2**20),
     )
+    sock = server.bind(args.host, args.port)  # a busy port fails now, not after loading
     model = _load(args)
     gallery = None
     if args.gallery or args.features:
@@ -511,9 +524,10 @@ def _serve(args: argparse.Namespace) -> int:
         if gallery.skipped:
             print(f"gallery: skipped {len(gallery.skipped)} unreadable image(s)", file=sys.stderr)
     decoding = {"strategy": "beam", "beam_size": args.beam, "num_return": args.top}
-    app = server.create_app(model, gallery, limits, **decoding)
-    print(f"mrnn serve: http://{args.host}:{args.port}/", flush=True)
-    server.run(app, args.host, args.port)
+    app = server.create_app(model, gallery, limits, gallery_root=args.gallery, **decoding)
+    sock.listen(2048)  # connections from now on wait for the server, none is refused
+    print(f"mrnn serve: {server.address(sock)}", flush=True)
+    server.run(app, sock=sock)
     return 0
 
 
