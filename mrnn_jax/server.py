@@ -352,10 +352,11 @@ def _crop_fraction(model: Captioner) -> float:
 
 
 def _public_names(names: list[str], root: str | os.PathLike | None) -> list[str]:
-    """Gallery names relative to ``root`` (or, without one, to the folder they share), so
-    that no answer carries the server's own paths."""
+    """Gallery names relative to ``root`` (or, without one, relative names as they are and
+    absolute ones relative to the folder they share), so that no answer carries the server's
+    own paths."""
     if root is None:
-        return _short_names(names)
+        return _short_names(names) if any(os.path.isabs(n) for n in names) else list(names)
     root = os.path.abspath(root)
     public = []
     for name in names:
