@@ -7,12 +7,11 @@ SIGINT and SIGTERM print one line and exit with 130 and 143 (training saves a ch
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from mrnn_jax import api, compilation_cache, configs, distributed
+from mrnn_jax import api, compilation_cache, configs, distributed, logs
 from mrnn_jax.encoders import extract_features
 from mrnn_jax.errors import MrnnError, WriteFailed
 from mrnn_jax.evaluation.captioning import PHRASE_ACCURACY
@@ -167,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("sentence", help='the query, e.g. "a red circle above a square"')
 
     add_serve_parser(sub)
+    for command in sub.choices.values():
+        logs.add_argument(command)
     return parser
 
 
@@ -547,16 +548,6 @@ def _extract_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("mrnn_jax")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only managers
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``mrnn`` command; returns the exit status."""
     parser = _parser()
@@ -567,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    _setup_logging()
+    logs.setup(args.verbose)
     compilation_cache.enable()  # MRNN_COMPILATION_CACHE=DIR: reuse compiled programs
     try:
         commands = {
