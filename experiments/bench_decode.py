@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from timing import median_time
 
-from mrnn_jax import captioner, decode
+from mrnn_jax import captioner, decode, logs
 from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID
 
@@ -84,7 +84,9 @@ def main() -> None:
     parser.add_argument("--max-words", type=int, default=20, help="longest caption, in words")
     parser.add_argument("--repeats", type=int, default=5, help="median of this many runs")
     parser.add_argument("--json", default=None, help="also write the numbers here")
+    logs.add_argument(parser)
     args = parser.parse_args()
+    logs.setup(args.verbose)
 
     if args.checkpoint:
         loaded = captioner.load(args.checkpoint)

@@ -19,6 +19,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from timing import median_time  # noqa: E402
 
+from mrnn_jax import logs  # noqa: E402
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, PretrainedEncoder  # noqa: E402
 from mrnn_jax.files import write_json_atomic  # noqa: E402
 
@@ -51,7 +52,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", default=None)
+    logs.add_argument(parser)
     args = parser.parse_args()
+    logs.setup(args.verbose)
     rows = []
     for name in ARCHITECTURES:
         for batch in args.batch_sizes:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 
+from mrnn_jax import logs
 from mrnn_jax.run_dir import RunDir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -118,7 +119,9 @@ def main() -> None:
     )
     parser.add_argument("--num-steps", type=int, default=5000, help="flickr8k's train.num_steps")
     parser.add_argument("--eval-every", type=int, default=250, help="flickr8k's eval_every")
+    logs.add_argument(parser)
     args = parser.parse_args()
+    logs.setup(args.verbose)
     if not os.path.isfile(os.path.join(args.data, "features.npz")):
         sys.path.insert(0, HERE)
         import flickr8k_shaped

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from mrnn_jax import sharding
+from mrnn_jax import logs, sharding
 from mrnn_jax.data.features import RowSubset, load_features
 from mrnn_jax.data.pipeline import CaptionTable, train_batch
 from mrnn_jax.files import write_json_atomic
@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cache-dir", default=os.path.join("results", "bench_cache"))
     parser.add_argument("--json", default=None, help="write the numbers here")
+    logs.add_argument(parser)
     args = parser.parse_args()
+    logs.setup(args.verbose)
 
     path = features_file(args.cache_dir, args.images, args.feature_dim)
     features = load_features(path)  # memory-mapped, as training reads it

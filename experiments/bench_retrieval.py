@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from timing import median_time
 
+from mrnn_jax import logs
 from mrnn_jax.evaluation import retrieval
 from mrnn_jax.model import MRNN, activation, make_model
 from mrnn_jax.text.vocab import END_ID, START_ID, UNK_ID
@@ -257,7 +258,9 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true", help="progress bar in --full")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    logs.add_argument(parser)
     args = parser.parse_args()
+    logs.setup(args.verbose)
     if args.child is not None:
         child(args)
         return

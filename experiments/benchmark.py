@@ -31,7 +31,7 @@ from ml_collections import ConfigDict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared timing helper
 from timing import median_time  # noqa: E402
 
-from mrnn_jax import decode, sharding
+from mrnn_jax import decode, logs, sharding
 from mrnn_jax.encoders.pretrained import ARCHITECTURES, PretrainedEncoder
 from mrnn_jax.evaluation import retrieval
 from mrnn_jax.files import write_json_atomic, write_text_atomic
@@ -411,7 +411,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 runs: a smoke test")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None)
+    logs.add_argument(parser)
     args = parser.parse_args()
+    logs.setup(args.verbose)
     if args.quick:
         args.runs, args.train_batches, args.decode_batch = 2, 2, 8
         args.retrieval_size, args.encoder_batch, args.vocab_size = 32, 1, 1000

@@ -30,7 +30,7 @@ import os
 import platform
 import time
 
-from mrnn_jax import api
+from mrnn_jax import api, logs
 from mrnn_jax.api import DecodeOptions
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.evaluation import captioning, coco_metrics, evaluators
@@ -102,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--html-images", type=int, default=200, help="images shown on the HTML page"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    logs.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -214,6 +215,7 @@ def markdown_table(rows: dict[str, dict[str, float | None]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Evaluates every strategy and writes the outputs."""
     args = parse_args(argv)
+    logs.setup(args.verbose)
     started = time.time()
     model = api.load(args.checkpoint, "latest" if args.latest else "best")
     max_words = args.max_words or model.config.eval.max_decode_words

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from mrnn_jax import cli
+from mrnn_jax import cli, logs
 from mrnn_jax.files import write_json_atomic, write_text_atomic
 
 ROWS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_rows")
@@ -92,12 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="two training steps only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    logs.add_argument(parser)
     args = parser.parse_intermixed_args(argv)
+    logs.setup(args.verbose)
 
     module = _row_module(args.row)
     workdir = args.workdir or os.path.join("runs", "paper", args.row)
     out = os.path.join(workdir, "paper")
     quiet = ["--no-progress"] if args.no_progress else []
+    quiet += ["--verbose"] if args.verbose else []  # each command sets up logging again
     data = ["--data-dir", args.data_dir, "--features", args.features]
     overrides = [*(DRY_RUN if args.dry_run else []), *args.overrides]
     config_path = os.path.join(ROWS_DIR, f"{args.row}.py")

@@ -17,7 +17,7 @@ import os
 import platform
 import time
 
-from mrnn_jax import configs
+from mrnn_jax import configs, logs
 from mrnn_jax.run_dir import RunDir
 from mrnn_jax.training.loop import train_and_evaluate
 
@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse results.json of finished runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="for both runs")
+    logs.add_argument(parser)
     args = parser.parse_args()
+    logs.setup(args.verbose)
     started = time.time()
     results = {name: _run(name, overrides, args) for name, overrides in RUNS.items()}
     table = markdown_table(results)

@@ -7,12 +7,11 @@ SIGINT and SIGTERM print one line and exit with 130 and 143 (training saves a ch
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from mrnn_jax import api, compilation_cache, configs, distributed
+from mrnn_jax import api, compilation_cache, configs, distributed, logs
 from mrnn_jax.encoders import extract_features
 from mrnn_jax.errors import MrnnError, WriteFailed
 from mrnn_jax.evaluation.captioning import PHRASE_ACCURACY
@@ -178,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("sentence", help='the query, e.g. "a red circle above a square"')
 
     add_serve_parser(sub)
+    for command in sub.choices.values():
+        logs.add_argument(command)
     return parser
 
 
@@ -191,7 +192,8 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
         "image to read its beam-search captions with their log-probabilities, type a sentence "
         "to see the gallery ranked by P(sentence | image). The same as JSON: POST "
         '/api/caption (multipart \'image\'), POST /api/search ({"sentence", "top"}), '
-        "GET /api/info. Binds to 127.0.0.1 unless --host says otherwise.",
+        "GET /api/info. Binds to 127.0.0.1 unless --host says otherwise; the address is "
+        "printed once the server is listening, and a busy port is an error (exit status 2).",
     )
     _add_checkpoint_arguments(serve)
     _add_encoder_weights_argument(serve)
@@ -221,6 +223,16 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
         type=int,
         default=limits.max_gallery_images,
         help=f"most gallery images ({limits.max_gallery_images})",
+    )
+    serve.add_argument(
+        "--decode-memory-mb",
+        type=float,
+        default=limits.decode_memory_bytes / 2**20,
+        help="memory that uploads being decoded at the same time may take together, MiB "
+        f"({limits.decode_memory_bytes / 2**20:g}: two images of the largest size at once). "
+        "Each image's need is estimated from its header before decoding; an upload that "
+        f"finds it full waits up to {limits.decode_wait_seconds:g} s, then gets 503 with "
+        "Retry-After; one that could never fit gets 413",
     )
     return serve
 
@@ -509,7 +521,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_image_pixels=int(args.max_megapixels * 1e6),
         max_gallery_images=args.max_gallery,
+        decode_memory_bytes=int(args.decode_memory_mb * 2**20),
     )
+    sock = server.bind(args.host, args.port)  # a busy port fails now, not after loading
     model = _load(args)
     gallery = None
     if args.gallery or args.features:
@@ -523,9 +537,10 @@ def _serve(args: argparse.Namespace) -> int:
         if gallery.skipped:
             print(f"gallery: skipped {len(gallery.skipped)} unreadable image(s)", file=sys.stderr)
     decoding = {"strategy": "beam", "beam_size": args.beam, "num_return": args.top}
-    app = server.create_app(model, gallery, limits, **decoding)
-    print(f"mrnn serve: http://{args.host}:{args.port}/", flush=True)
-    server.run(app, args.host, args.port)
+    app = server.create_app(model, gallery, limits, gallery_root=args.gallery, **decoding)
+    sock.listen(2048)  # connections from now on wait for the server, none is refused
+    print(f"mrnn serve: {server.address(sock)}", flush=True)
+    server.run(app, sock=sock)
     return 0
 
 
@@ -559,16 +574,6 @@ def _extract_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("mrnn_jax")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only managers
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``mrnn`` command; returns the exit status."""
     parser = _parser()
@@ -579,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    _setup_logging()
+    logs.setup(args.verbose)
     compilation_cache.enable()  # MRNN_COMPILATION_CACHE=DIR: reuse compiled programs
     try:
         commands = {

@@ -1,6 +1,6 @@
 """``mrnn serve``: a trained checkpoint behind a small web page and a JSON API (FastAPI).
 
-Endpoints (every error is ``{"error": "one line"}`` with a 4xx status):
+Endpoints (every error is ``{"error": "one line"}`` with a 4xx or 5xx status):
 
 - ``GET /``: the page (self-contained: no script, style or font from elsewhere).
 - ``GET /api/info``: the checkpoint, decoding settings, gallery size and request limits.
@@ -12,16 +12,27 @@ Endpoints (every error is ``{"error": "one line"}`` with a 4xx status):
   P(sentence | image).
 - ``GET /api/gallery/{index}/thumbnail``: a PNG thumbnail of a gallery image.
 
+Gallery images are named relative to the gallery folder, never by the server's own paths.
 The model is loaded and compiled once, before the first request; requests are bounded
 (:class:`Limits`) and run the model one at a time behind a lock, so that any number of
-concurrent clients is safe.
+concurrent clients is safe. Uploads are decoded under a memory budget shared by all requests
+(``Limits.decode_memory_bytes``): each image's decoded size is estimated from its header and
+admitted before decoding, a large image is downscaled while it is decoded, and an upload that
+finds the budget full waits a little, then gets 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import io
+import math
 import os
+import shutil
+import socket
 import tempfile
 import threading
 from typing import Annotated, Any
@@ -32,6 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrnn_jax import api
 from mrnn_jax.captioner import Captioner
@@ -40,6 +52,14 @@ from mrnn_jax.images import to_rgb
 from mrnn_jax.limits import Limits
 
 THUMBNAIL_SIDE = 128
+
+#: Uploads above this many pixels are downscaled while decoded (JPEG draft, then PIL's
+#: box-filter ``reduce``) to at least twice the model's input side before the usual resize;
+#: smaller ones are read exactly as ``mrnn caption`` reads the file.
+REDUCE_ABOVE_PIXELS = 16_000_000
+
+#: Seconds a client is told to wait (``Retry-After``) when the decode budget is full.
+RETRY_AFTER_SECONDS = 2
 
 
 class SearchRequest(BaseModel):
@@ -55,7 +75,8 @@ class _BodyTooLarge(Exception):
 
 class _BodyLimit:
     """ASGI middleware: a request body above ``limit`` bytes (an upload of ``upload_limit``
-    bytes and its multipart framing) is answered 413, unread."""
+    bytes and its multipart framing) is answered 413, whether its length is announced or
+    it arrives in chunks."""
 
     def __init__(self, app, limit: int, upload_limit: int):
         self.app, self.limit, self.upload_limit = app, limit, upload_limit
@@ -63,31 +84,60 @@ class _BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"upload larger than the limit of {self.upload_limit / 2**20:g} MiB"
+        too_large = JSONResponse(
+            {"error": f"upload larger than the limit of {self.upload_limit / 2**20:g} MiB"}, 413
+        )
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await JSONResponse({"error": message}, 413)(scope, receive, send)
+            return await too_large(scope, receive, send)
         received = 0
-        started = False
+        exceeded = started = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             event = await receive()
             received += len(event.get("body", b""))
             if received > self.limit:
+                exceeded = True
                 raise _BodyTooLarge
             return event
 
         async def tracked_send(event):
             nonlocal started
+            if exceeded and not started:
+                return  # the app's answer to a cut body (e.g. "error parsing the body"): 413
             started = started or event["type"] == "http.response.start"
             await send(event)
 
-        try:
+        with contextlib.suppress(_BodyTooLarge):
             await self.app(scope, limited_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await JSONResponse({"error": message}, 413)(scope, receive, send)
+        if exceeded and not started:
+            await too_large(scope, receive, send)
+
+
+class _DecodeBudget:
+    """Bytes of decoded images that may be in memory at once, shared by all requests."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self._changed = threading.Condition()
+
+    def acquire(self, amount: int, timeout: float) -> bool:
+        """Takes ``amount`` bytes, waiting up to ``timeout`` seconds for room; False if
+        there was none."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.used + amount <= self.total, timeout):
+                return False
+            self.used += amount
+            return True
+
+    def release(self, amount: int) -> None:
+        """Gives back ``amount`` bytes taken by :meth:`acquire`."""
+        with self._changed:
+            self.used -= amount
+            self._changed.notify_all()
 
 
 #: What ``mrnn serve`` captions uploads with unless told otherwise.
@@ -98,9 +148,13 @@ def create_app(
     model: Captioner,
     gallery: api.Gallery | None = None,
     limits: Limits | None = None,
+    gallery_root: str | os.PathLike | None = None,
     **decoding: Any,
 ) -> FastAPI:
     """The FastAPI application serving ``model`` (and searching ``gallery``, if given).
+
+    Gallery images are named in answers relative to ``gallery_root`` (the gallery's folder),
+    or without the folder all their names share when it is not given.
 
     Uploaded images are captioned with ``decoding`` (any :class:`~mrnn_jax.decode.DecodeOptions`
     field; by default :data:`DECODING`, a beam of 3 returning all three). Compiles the
@@ -117,16 +171,14 @@ def create_app(
     options = api.decode_options(model, **decoding)  # bad settings fail here, not later
     decoding = dataclasses.asdict(options)
     lock = threading.Lock()
+    budget = _DecodeBudget(limits.decode_memory_bytes)
     thumbnails: dict[int, bytes] = {}
     labels = _short_names(gallery.names) if gallery is not None else []
+    names = _public_names(gallery.names, gallery_root) if gallery is not None else []
 
     # Compile once, before serving: a caption of a blank image, a search of one word.
+    size = _input_side(model) if model.reads_image_files else 0
     if model.reads_image_files:
-        size = (
-            model.extractor.image_size
-            if model.extractor is not None
-            else int(model.config.encoder.image_size)
-        )
         api.caption(model, np.zeros((1, size, size, 3), np.uint8), **decoding)
     if gallery is not None:
         api.search(model, "a", gallery)
@@ -138,9 +190,17 @@ def create_app(
         upload_limit=limits.max_upload_bytes,
     )
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, error: HTTPException):
-        return JSONResponse({"error": str(error.detail)}, error.status_code)
+    app.state.decode_budget = budget
+
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own and routing's 404, 405
+    async def _http_error(request: Request, error: StarletteHTTPException):
+        return JSONResponse(
+            {"error": _one_line(str(error.detail))}, error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, error: Exception):
+        return JSONResponse({"error": f"internal error ({type(error).__name__})"}, 500)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, error: RequestValidationError):
@@ -170,20 +230,22 @@ def create_app(
         name = os.path.basename(image.filename or "upload")
         if not model.reads_image_files:
             raise HTTPException(400, _one_line(_model_error(model)))
-        data = image.file.read(limits.max_upload_bytes + 1)
-        if not data:
+        upload = image.file
+        upload.seek(0, os.SEEK_END)
+        length = upload.tell()
+        upload.seek(0)
+        if not length:
             raise HTTPException(400, f"{name}: empty file (0 bytes)")
-        if len(data) > limits.max_upload_bytes:
+        if length > limits.max_upload_bytes:
             raise HTTPException(
                 413, f"{name}: larger than the limit of {limits.max_upload_bytes / 2**20:g} MiB"
             )
         suffix = os.path.splitext(name)[1][:10]
         with tempfile.NamedTemporaryFile(suffix=suffix) as file:
-            file.write(data)
+            shutil.copyfileobj(upload, file)
             file.flush()
-            _check_pixels(file.name, name, limits.max_image_pixels)
-            try:  # decoded outside the lock, as mrnn caption decodes a file
-                pixels = model.load_images([file.name])
+            try:
+                pixels = _decode_upload(model, file.name, name, size, limits, budget)
             except MrnnError as error:
                 raise HTTPException(415, str(error).replace(file.name, name)) from None
         with lock:
@@ -221,7 +283,7 @@ def create_app(
                 {
                     "rank": rank,
                     "index": m.index,
-                    "name": m.name,
+                    "name": names[m.index],
                     "label": labels[m.index],
                     "score": m.score,
                     "thumbnail": f"/api/gallery/{m.index}/thumbnail" if showable else None,
@@ -240,7 +302,9 @@ def create_app(
             try:
                 picture = _thumbnail_of_file(gallery.paths[index])
             except (OSError, ValueError) as error:  # changed on disk since the start
-                raise HTTPException(404, f"{gallery.paths[index]}: unreadable ({error})") from None
+                reason = getattr(error, "strerror", None) or str(error)
+                reason = reason.replace(gallery.paths[index], names[index])
+                raise HTTPException(404, f"{names[index]}: unreadable ({reason})") from None
             buffer = io.BytesIO()
             picture.save(buffer, "PNG")
             thumbnails[index] = buffer.getvalue()
@@ -273,12 +337,158 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _check_pixels(path: str, name: str, max_pixels: int) -> None:
-    """Raises a 413 for an image above ``max_pixels`` and a 415 for a file that is not an
-    image, reading only the header."""
+def _input_side(model: Captioner) -> int:
+    """The side of the square images the model (or its feature extractor) reads."""
+    if model.extractor is not None:
+        return model.extractor.image_size
+    return int(model.config.encoder.image_size)
+
+
+def _crop_fraction(model: Captioner) -> float:
+    """The share of the shorter side the model's center crop keeps (1.0 for a squash)."""
+    if model.extractor is not None:
+        return float(model.extractor.encoder_config.get("crop_fraction") or 1.0)
+    return float(model.config.encoder.get("crop_fraction") or 1.0)
+
+
+def _public_names(names: list[str], root: str | os.PathLike | None) -> list[str]:
+    """Gallery names relative to ``root`` (or, without one, relative names as they are and
+    absolute ones relative to the folder they share), so that no answer carries the server's
+    own paths."""
+    if root is None:
+        return _short_names(names) if any(os.path.isabs(n) for n in names) else list(names)
+    root = os.path.abspath(root)
+    public = []
+    for name in names:
+        relative = os.path.relpath(os.path.abspath(name), root)
+        public.append(os.path.basename(name) if relative.startswith("..") else relative)
+    return public
+
+
+#: Bytes per pixel PIL keeps in memory for an image of each mode (RGB is stored as 4).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+#: Modes PIL's ``reduce`` does not take: converted at full size first.
+_UNREDUCIBLE = frozenset({"1", "P", "I;16", "I;16B", "I;16L", "I;16N"})
+#: What reading a file exactly as ``mrnn caption`` does may take at full size; above this an
+#: upload is downscaled while decoded.
+EXACT_DECODE_BYTES = 128 * 2**20
+_TRIM_ABOVE_BYTES = 16 * 2**20
+
+
+def _conversion_bytes(mode: str, transparent: bool) -> int:
+    """Bytes per pixel that turning an image of ``mode`` upright and into RGB may add."""
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or transparent:
+        return 20  # RGBA, a white background, the composite, the RGB result
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return 32  # float64 working arrays
+    return 4 if mode == "RGB" else 8  # an EXIF rotation's copy (and the RGB conversion)
+
+
+def _decode_plan(image: Image.Image, target: int) -> tuple[int, int]:
+    """The box-filter reduction factor for an opened (not yet decoded) image, 1 to read it
+    exactly, and the memory that decoding it that way is estimated to take."""
+    width, height = image.size
+    stored = _STORED_BYTES.get(image.mode, 4)
+    transparent = "transparency" in image.info
+    exact = width * height * (stored + _conversion_bytes(image.mode, transparent)) + 2**20
+    factor = min(width, height) // target
+    if exact <= EXACT_DECODE_BYTES or factor < 2:
+        return 1, exact
+    if image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 of the size straight away
+        image.draft(None, (target, target))
+        width, height = image.size
+        stored = _STORED_BYTES.get(image.mode, 4)
+        factor = max(1, min(width, height) // target)
+    converted = 4 if image.mode in _UNREDUCIBLE or transparent else 0
+    reduced = (width // factor + 1) * (height // factor + 1)
+    return factor, width * height * (stored + converted) + reduced * 40 + 2**20
+
+
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _reduced_rgb(image: Image.Image, factor: int) -> Image.Image:
+    """An opened image decoded, reduced ``factor`` times (box filter), turned upright and
+    converted to RGB; the full-size pixels are freed as soon as they are reduced."""
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # malformed EXIF: used as stored, as mrnn caption does
+        orientation = None
+    image.load()
+    full = image
+    if full.mode in _UNREDUCIBLE or "transparency" in full.info:
+        full = full.convert(
+            "RGBA" if full.mode in ("P", "L", "RGB") else "L" if full.mode == "1" else "I"
+        )
+    reduced = full.reduce(factor)
+    del full
+    image.im = None  # the decoded pixels, freed now rather than when the request ends
+    if orientation in _ORIENTATIONS:
+        reduced = reduced.transpose(_ORIENTATIONS[orientation])
+    return to_rgb(reduced)
+
+
+def _decode_upload(
+    model: Captioner, path: str, name: str, side: int, limits: Limits, budget: _DecodeBudget
+) -> np.ndarray:
+    """The model's pixels for the uploaded file ``path`` (named ``name`` in messages),
+    decoded within ``budget``: 413 for an image too large ever to decode, 503 when the
+    budget stays full, 415 for a file that is not a readable image."""
+    target = 2 * math.ceil(side / _crop_fraction(model))
     try:
         with Image.open(path) as image:
             width, height = image.size
+            if width * height > limits.max_image_pixels:
+                raise HTTPException(
+                    413,
+                    f"{name}: {width} x {height} pixels ({width * height / 1e6:.1f} megapixels), "
+                    f"more than the limit of {limits.max_image_pixels / 1e6:g} megapixels",
+                )
+            factor, cost = _decode_plan(image, target)
+            if cost > budget.total:
+                raise HTTPException(
+                    413,
+                    f"{name}: {width} x {height} pixels ({image.mode}) would take about "
+                    f"{cost / 2**20:.0f} MiB to decode, more than the server's decoding memory "
+                    f"of {budget.total / 2**20:g} MiB",
+                )
+            if not budget.acquire(cost, limits.decode_wait_seconds):
+                raise HTTPException(
+                    503,
+                    f"{name}: the server is decoding other uploads (its {budget.total / 2**20:g} "
+                    f"MiB of decoding memory are in use); try again in a few seconds",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            try:
+                if factor == 1:
+                    image.close()
+                    return model.load_images([path])
+                try:
+                    picture = _reduced_rgb(image, factor)
+                except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
+                    raise HTTPException(
+                        415, f"{name}: truncated or corrupt image ({error})"
+                    ) from None
+                with tempfile.NamedTemporaryFile(suffix=".png") as reduced:
+                    picture.save(reduced, "PNG", compress_level=0)
+                    reduced.flush()
+                    del picture
+                    try:
+                        return model.load_images([reduced.name])
+                    except MrnnError as error:
+                        raise MrnnError(str(error).replace(reduced.name, name)) from None
+            finally:
+                budget.release(cost)
+                if cost >= _TRIM_ABOVE_BYTES:
+                    _return_free_memory()
     except UnidentifiedImageError:
         raise HTTPException(
             415, f"{name}: not a readable image (unrecognised image format)"
@@ -287,12 +497,23 @@ def _check_pixels(path: str, name: str, max_pixels: int) -> None:
         raise HTTPException(413, f"{name}: image too large ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise HTTPException(415, f"{name}: not a readable image ({error})") from None
-    if width * height > max_pixels:
-        raise HTTPException(
-            413,
-            f"{name}: {width} x {height} pixels ({width * height / 1e6:.1f} megapixels), more "
-            f"than the limit of {max_pixels / 1e6:g} megapixels",
-        )
+
+
+def _return_free_memory() -> None:
+    """Hands the memory malloc keeps after large frees back to the system (glibc's
+    ``malloc_trim``; elsewhere nothing)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _thumbnail_of_file(path: str) -> Image.Image:
@@ -303,11 +524,42 @@ def _thumbnail_of_file(path: str) -> Image.Image:
         return picture
 
 
-def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serves ``app`` with uvicorn (one process) until interrupted."""
+def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (port 0: any free port), not yet listening;
+    an address that cannot be bound (a busy port, an unknown host) is a one-line
+    :class:`MrnnError`."""
+    try:
+        family, kind, _, _, where = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind)
+    except OSError as error:
+        raise MrnnError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(where)
+    except OSError as error:
+        sock.close()
+        reason = (error.strerror or str(error)).lower()
+        raise MrnnError(f"cannot listen on {host}:{port} ({reason})") from None
+    return sock
+
+
+def address(sock: socket.socket) -> str:
+    """The URL of the page served on the bound socket ``sock``."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def run(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None
+) -> None:
+    """Serves ``app`` with uvicorn (one process) on ``sock`` (a socket from :func:`bind`),
+    or on ``host``:``port``, until interrupted."""
     import uvicorn  # the serve extra; create_app alone does not need it
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", workers=1)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", workers=1)
+    uvicorn.Server(config).run(sockets=None if sock is None else [sock])
 
 
 PAGE = """<!doctype html>
@@ -437,4 +689,4 @@ call("/api/info").then((info) => {
 </body></html>
 """
 
-__all__ = ["Limits", "create_app", "run"]
+__all__ = ["Limits", "address", "bind", "create_app", "run"]

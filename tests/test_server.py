@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import io
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
-import time
+import zlib
 
 import httpx
 import numpy as np
@@ -57,7 +59,9 @@ def model():
 @pytest.fixture(scope="module")
 def client(model, files):
     gallery = api.load_gallery(model, folder=files["gallery"])
-    app = server.create_app(model, gallery, server.Limits(max_upload_bytes=2**20))
+    app = server.create_app(
+        model, gallery, server.Limits(max_upload_bytes=2**20), gallery_root=files["gallery"]
+    )
     with TestClient(app) as client:
         yield client
 
@@ -83,7 +87,7 @@ def test_the_api_answers_as_the_library_does(client, model, files):
     gallery = api.load_gallery(model, folder=files["gallery"])
     expected = api.search(model, files["query"], gallery, top=4)
     assert [(r["name"], r["score"]) for r in found["results"]] == [
-        (m.name, m.score) for m in expected.matches
+        (os.path.relpath(m.name, files["gallery"]), m.score) for m in expected.matches
     ]
     thumbnail = client.get(found["results"][0]["thumbnail"])
     assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/png"
@@ -130,13 +134,170 @@ def test_a_gallery_above_the_limit_is_refused(model, files):
         api.load_gallery(model, folder=files["gallery"], max_images=5)
 
 
+# --- abuse: memory, sizes, error shapes, paths ---------------------------------------------
+
+#: A decoding budget of 4 MiB: a 64 x 64 upload fits, a 1200 x 1200 one (about 12 MB) never.
+TINY_BUDGET = server.Limits(
+    max_upload_bytes=2**20, decode_memory_bytes=4 * 2**20, decode_wait_seconds=0
+)
+
+
+@pytest.fixture(scope="module")
+def guarded(model, tmp_path_factory):
+    """An app with a tiny decoding budget and its own gallery (a file of which the tests
+    delete): its client, app and gallery folder."""
+    folder = tmp_path_factory.mktemp("guarded") / "gallery"
+    write_scenes(folder, 3, seed=5)
+    gallery = api.load_gallery(model, folder=str(folder))
+    app = server.create_app(model, gallery, TINY_BUDGET, gallery_root=str(folder))
+    with TestClient(app) as client:
+        yield {"client": client, "app": app, "folder": folder}
+
+
+def test_a_full_decoding_budget_is_503_and_an_image_that_never_fits_413(guarded, tmp_path):
+    client, budget = guarded["client"], guarded["app"].state.decode_budget
+    assert budget.acquire(budget.total, 0)  # other uploads are being decoded
+    try:
+        busy = _upload(client, SAMPLE)
+    finally:
+        budget.release(budget.total)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2", busy.text
+    assert "decoding memory" in busy.json()["error"] and "try again" in busy.json()["error"]
+    assert _upload(client, SAMPLE).status_code == 200 and budget.used == 0
+
+    large = tmp_path / "large.png"
+    Image.new("RGB", (1200, 1200), (10, 200, 30)).save(large)
+    refused = _upload(client, str(large))
+    assert refused.status_code == 413, refused.text
+    assert refused.json()["error"].startswith("large.png: 1200 x 1200 pixels (RGB) would take")
+    assert "more than the server's decoding memory of 4 MiB" in refused.json()["error"]
+    assert budget.used == 0
+
+
+def test_a_large_upload_is_reduced_while_decoded_and_turned_upright(guarded, monkeypatch):
+    monkeypatch.setattr(server, "EXACT_DECODE_BYTES", 0)  # every upload takes the lean path
+    rng = np.random.default_rng(1)
+    stored = Image.fromarray(rng.integers(0, 255, (384, 512, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: shown rotated 90 degrees clockwise
+    buffer = io.BytesIO()
+    stored.save(buffer, "PNG", exif=exif)
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        factor, _ = server._decode_plan(image, 128)
+        assert factor == 3
+        reduced = server._reduced_rgb(image, factor)
+    expected = stored.transpose(Image.Transpose.ROTATE_270).reduce(3)
+    assert reduced.size == (128, 171) and np.array_equal(np.asarray(reduced), expected)
+    answer = guarded["client"].post(
+        "/api/caption", files={"image": ("side.png", buffer.getvalue())}
+    )
+    assert answer.status_code == 200 and len(answer.json()["captions"]) == 3, answer.text
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """The start of an RGB PNG file, up to its (empty) pixel data: PIL opens it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"")
+
+
+def test_the_decoding_estimate_of_a_40_megapixel_png(monkeypatch):
+    with Image.open(io.BytesIO(_png_header(8000, 5000))) as image:
+        factor, cost = server._decode_plan(image, 128)
+    # Decoded (4 bytes a pixel, as PIL keeps RGB), then reduced 39 times, never converted whole.
+    assert factor == 39 and 8000 * 5000 * 4 < cost < 8000 * 5000 * 4.2
+    assert cost * 2 <= server.Limits().decode_memory_bytes  # two at once in the default budget
+    monkeypatch.setattr(server, "EXACT_DECODE_BYTES", 10**12)
+    with Image.open(io.BytesIO(_png_header(8000, 5000))) as image:
+        assert server._decode_plan(image, 128) == (1, 8000 * 5000 * 8 + 2**20)
+
+
+def test_a_chunked_upload_over_the_limit_is_413(guarded):
+    boundary = "mrnnboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+        'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+    ).encode()
+
+    def chunks():  # no Content-Length: 3 MiB in 64 KiB pieces
+        yield head
+        for _ in range(48):
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    answer = guarded["client"].post(
+        "/api/caption",
+        content=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert answer.status_code == 413, answer.text
+    assert answer.json() == {"error": "upload larger than the limit of 1 MiB"}
+
+
+def test_every_error_is_one_json_error(guarded):
+    client = guarded["client"]
+    cases = [
+        (client.get("/api/nowhere"), 404, "Not Found"),
+        (client.get("/api/caption"), 405, "Method Not Allowed"),
+        (client.get("/api/gallery/x/thumbnail"), 422, "bad request (index: Input should be"),
+        (client.post("/api/search", json={"sentence": "a", "top": "many"}), 422, "top: Input"),
+        (client.post("/api/search", content=b"{not json"), 422, "bad request (body"),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status, response.text
+        assert list(response.json()) == ["error"] and message in response.json()["error"]
+
+
+def _strings(value) -> list[str]:
+    """Every string in a decoded JSON answer, keys included."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_no_answer_carries_the_servers_paths(guarded, client, files):
+    folder = guarded["folder"]
+    answers = [
+        c.post("/api/search", json={"sentence": "a red circle", "top": 3})
+        for c in (guarded["client"], client)
+    ]
+    names = [r["name"] for r in answers[0].json()["results"]]
+    assert sorted(names) == ["scene0.png", "scene1.png", "scene2.png"]
+    answers += [guarded["client"].get("/api/info"), _upload(guarded["client"], SAMPLE)]
+    (folder / "scene1.png").unlink()  # deleted since the start
+    index = answers[0].json()["results"][names.index("scene1.png")]["index"]
+    gone = guarded["client"].get(f"/api/gallery/{index}/thumbnail")
+    assert gone.status_code == 404
+    assert gone.json()["error"] == "scene1.png: unreadable (No such file or directory)"
+    answers.append(gone)
+    for answer in answers:
+        for text in _strings(answer.json()):
+            assert str(folder.parent) not in text and files["gallery"] not in text, text
+            assert text.startswith("/api/") or not os.path.isabs(text), text
+
+
+def test_a_busy_port_is_one_line_and_exit_status_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MrnnError, match=f"cannot listen on 127.0.0.1:{port} "):
+            server.bind("127.0.0.1", port)
+        done = run_mrnn("serve", "--checkpoint", CHECKPOINT, "--port", str(port), timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"mrnn: error: cannot listen on 127.0.0.1:{port} (address already in use)\n"
+    )
+
+
 # --- the real server, in a browser ---------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_bytes(pid: int) -> int:
@@ -146,35 +307,36 @@ def _rss_bytes(pid: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def live_server(files):
-    """``mrnn serve`` in its own process on 127.0.0.1, until the module's tests are done."""
-    port = _free_port()
+def live_server(files, tmp_path_factory):
+    """``mrnn serve`` in its own process on 127.0.0.1 (any free port: the one the address
+    line names), until the module's tests are done."""
+    log = open(tmp_path_factory.mktemp("live") / "stderr.txt", "w+")  # noqa: SIM115
     process = subprocess.Popen(
         [
             sys.executable, "-m", "mrnn_jax", "serve", "--checkpoint", CHECKPOINT,
-            "--gallery", files["gallery"], "--port", str(port),
+            "--gallery", files["gallery"], "--port", "0",
         ],
         env=subprocess_env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=log,
         text=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mrnn serve exited: {process.stdout.read()[-3000:]}")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # printed once it listens
+            reading = pool.submit(process.stdout.readline)
             try:
-                if httpx.get(url + "/api/info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("mrnn serve did not answer within 180 s")
-            time.sleep(0.5)
-        yield {"url": url, "pid": process.pid}
+                line = reading.result(timeout=180)
+            except concurrent.futures.TimeoutError:
+                line = "(nothing within 180 s)"
+                process.kill()
+        if not line.startswith("mrnn serve: http://127.0.0.1:"):
+            process.kill()
+            log.seek(0)
+            pytest.fail(f"mrnn serve did not start: {line} {log.read()[-3000:]}")
+        url = line.split(": ", 1)[1].strip().rstrip("/")
+        first = httpx.get(url + "/api/info", timeout=60).status_code  # at once, no retry
+        yield {"url": url, "pid": process.pid, "first": first}
     finally:
         process.terminate()
         try:
@@ -182,6 +344,12 @@ def live_server(files):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_the_address_is_printed_once_the_server_listens(live_server):
+    assert live_server["first"] == 200  # the first request, sent as soon as the line came
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +430,7 @@ def test_the_page_in_a_browser_shows_what_the_commands_print(live_server, browse
     page.wait_for_selector("#results[data-state=done]", state="attached", timeout=60_000)
     names = [el.get_attribute("title") for el in page.query_selector_all("#results li")]
     labels = [el.inner_text() for el in page.query_selector_all("#results li .name")]
-    assert labels == [os.path.relpath(n, files["gallery"]) for n in names]
+    assert labels == names  # relative to the gallery folder, as every answer names them
     scores = [el.inner_text() for el in page.query_selector_all("#results li .score")]
     searched = run_mrnn(
         "search", "--checkpoint", CHECKPOINT, "--images", files["gallery"], "--top", "6",
@@ -270,7 +438,8 @@ def test_the_page_in_a_browser_shows_what_the_commands_print(live_server, browse
     )  # fmt: skip
     assert searched.returncode == 0, searched.stderr[-3000:]
     rows = [line.split("\t") for line in searched.stdout.splitlines()]
-    assert names == [name for _, name in rows] and scores == [s.strip() for s, _ in rows]
+    assert names == [os.path.relpath(name, files["gallery"]) for _, name in rows]
+    assert scores == [s.strip() for s, _ in rows]
     assert len(names) == 6 and len(page.query_selector_all("#results img")) == 6
     page.wait_for_function(  # every thumbnail arrives and decodes
         "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)",

@@ -175,7 +175,7 @@ def load_dataset(
             split_data[split] = SplitData(
                 records=rs, inputs=_image_files(rs, encoder_config, on_bad, report)
             )
-    report.log(name)
+    report.log(name, dataset_config.get("data_dir", ""))
     return Dataset(name=name, splits=split_data, report=report, features=info)
 
 

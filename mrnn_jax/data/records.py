@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 
+from mrnn_jax import logs
 from mrnn_jax.text.vocab import tokenize
-
-log = logging.getLogger("mrnn_jax")
 
 SPLIT_ORDER = ("train", "val", "test", "restval", "novel")
 
@@ -58,11 +57,13 @@ class DataReport:
             for kind, count in sorted(self.counts.items())
         }
 
-    def log(self, dataset: str) -> None:
-        """Logs one warning line per kind."""
+    def log(self, dataset: str, source: str = "") -> None:
+        """Logs one warning line per kind, each once per process for the dataset read from
+        ``source`` (its folder), however many times it is read."""
+        identity = (dataset, os.path.abspath(source) if source else "")
         for kind, count in sorted(self.counts.items()):
             examples = ", ".join(self.examples.get(kind, []))
-            log.warning("%s: %d %s (e.g. %s)", dataset, count, kind, examples)
+            logs.warn_once(identity, "%s: %d %s (e.g. %s)", dataset, count, kind, examples)
 
 
 Caption = tuple[str, str]  # (raw caption, where it came from: "file:line")

@@ -497,7 +497,7 @@ def train_steps(
             raise _interrupted(stop, p, run, "resume")
         window_start += time.time() - paused  # tokens per second count training time only
         if early_stop:
-            _log_early_stop(bar if primary else None, p, trainer.selector)
+            _log_early_stop(p, trainer.selector)
     stop.defer(False)  # nothing left to save: a signal stops the final evaluation at once
     bar.close()
     if stop.requested:  # came during the last step's evaluation or save, after the check
@@ -651,16 +651,14 @@ def _describe(scalars: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in scalars.items())
 
 
-def _log_early_stop(bar: tqdm | None, p: Progress, selector: Selector) -> None:
+def _log_early_stop(p: Progress, selector: Selector) -> None:
     """Says that the run stops early, and why."""
     watch = p.watch
     message = (
         f"step {p.step}: no better {selector.metric} in {watch.stale} evaluations (best "
         f"{watch.best:.4g} at step {watch.best_step}): stopping early (train.patience)"
     )
-    log.info(message)
-    if bar is not None:
-        bar.write(message)
+    log.info(message)  # once: the log's handler clears the progress bar around it
 
 
 # What the progress bar shows of a ``train`` row: key -> (label, format).
