@@ -578,7 +578,7 @@ SHORT_RUN = ["train.num_steps=30"]
 
 def _scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
     """What TensorBoard shows of a work directory: each scalar's (step, value) in order (the
-    wall-clock ``tokens_per_second`` aside). There must be one event file."""
+    wall-clock values, ``metrics_log.TIMING_KEYS``, aside). There must be one event file."""
     from tensorboard.backend.event_processing import event_accumulator
 
     files = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
@@ -588,7 +588,7 @@ def _scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
     return {
         tag: [(e.step, e.value) for e in events.Scalars(tag)]
         for tag in events.Tags()["scalars"]
-        if not tag.endswith("tokens_per_second")
+        if tag.split("/")[-1] not in metrics_log.TIMING_KEYS
     }
 
 
@@ -662,6 +662,44 @@ def test_relative_workdir_kill_nine_sigterm_and_damage_then_resume(
     assert f"checkpoints/{step}: checkpoint unusable" in stderr
     assert f"at step {below}" in stderr
     _assert_same_run(workdir, short_reference)
+
+
+@pytest.mark.slow
+def test_scst_killed_stopped_and_run_again_equals_uninterrupted(
+    short_reference, tmp_path, private_compilation_cache
+):
+    """SCST as docs/scst.md spells it (relative --workdir and --init-from): kill -9, then
+    SIGTERM, then the same command to the end is the same run as an uninterrupted one:
+    parameters, metrics.jsonl (reward rows included), TensorBoard and results."""
+    env, cwd = private_compilation_cache, str(tmp_path)
+    shutil.copytree(short_reference, os.path.join(cwd, "runs", "ce"))
+    scst_run = ["--init-from", os.path.join("runs", "ce"), "train.objective=scst"]
+    scst_run += ["train.num_steps=20"]
+    reference = _start_in(cwd, os.path.join("runs", "reference"), *scst_run, env=env)
+    _, stderr = reference.communicate(timeout=300)
+    assert reference.returncode == 0, stderr[-3000:]
+    relative = os.path.join("runs", "scst")
+    workdir = os.path.join(cwd, relative)
+    rng = random.Random(19)
+
+    process = _start_in(cwd, relative, *scst_run, env=env)
+    assert _signal_when(process, _after_new_checkpoint(workdir, rng, 1), signal.SIGKILL)
+    process.communicate()
+    process = _start_in(cwd, relative, *scst_run, env=env)
+    soon = _after_new_checkpoint(workdir, rng, most_ahead=1, max_delay=0.05)
+    assert _signal_when(process, soon, signal.SIGTERM), "the run ended before the signal"
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "resumed from" in stderr and "starting from" not in stderr
+    _one_line(stderr, "mrnn: stopped by")
+
+    process = _start_in(cwd, relative, *scst_run, env=env)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "unusable" not in stderr
+    rows = _rows(workdir)
+    assert any("reward" in r and "reward_baseline" in r for r in rows if r["split"] == "train")
+    _assert_same_run(workdir, os.path.join(cwd, "runs", "reference"))
 
 
 def test_the_readme_resume_commands_relative_and_absolute(tmp_path):
