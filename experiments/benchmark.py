@@ -39,7 +39,7 @@ from mrnn_jax.model import MRNN, make_model
 from mrnn_jax.text.vocab import END_ID, START_ID, UNK_ID
 from mrnn_jax.training.step import init_state, jit_train_step, make_optimizer, make_train_step
 
-PARTS = ("train", "decode", "retrieval", "encoders")
+PARTS = ("train", "scst", "decode", "retrieval", "encoders")
 
 
 # --- counting and timing -----------------------------------------------------------------
@@ -247,6 +247,99 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], count: int) -> di
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def scst_corpus(vocab_size: int, images: int, rng: np.random.Generator) -> tuple[list, list]:
+    """A vocabulary and ``images`` training images' five references each: Flickr8K's caption
+    lengths, words drawn by Zipf's law (what the reward's document frequencies are of)."""
+    from flickr8k_shaped import caption_lengths
+
+    vocabulary = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 4)]
+    ranks = np.arange(1, vocab_size - 3, dtype=np.float64)
+    p = (1.0 / ranks) / np.sum(1.0 / ranks)
+    lengths = caption_lengths(images * 5, rng).reshape(images, 5)
+    references = [
+        [" ".join(vocabulary[4 + i] for i in rng.choice(len(p), n, p=p)) for n in row]
+        for row in lengths
+    ]
+    return vocabulary, references
+
+
+def bench_scst(args) -> list[dict]:
+    """Self-critical training steps (real-data sizes: 2,539 words, 1,280-d features, 128
+    images x 5 samples, 16 words) beside the PyTorch reference step of self-critical.pytorch's
+    kind (experiments/torch_mrnn.py TorchScst: a Python sampling loop, CIDEr-D in Python),
+    on the same batches and references, timed alternately: samples per second, and the
+    reward's share of each step."""
+    from torch_mrnn import TorchScst
+
+    from mrnn_jax.text.vocab import Vocabulary
+    from mrnn_jax.training import scst
+
+    vocab_size, feature_dim, images, samples, words = 2539, 1280, 128, 5, 16
+    if args.quick:
+        vocab_size, feature_dim, images = 1000, 256, 16
+    rng = np.random.default_rng(0)
+    vocabulary, references = scst_corpus(vocab_size, 2000, rng)
+    batches = [
+        {
+            "image": rng.standard_normal((images, feature_dim), np.float32),
+            "image_index": rng.integers(0, len(references), images).astype(np.int32),
+        }
+        for _ in range(args.train_batches)
+    ]
+    model, _, _ = paper_model(vocab_size, feature_dim, args.dtype)
+    options = scst.ScstOptions(samples=samples, max_words=words)
+    reward = scst.HostReward(Vocabulary(tuple(vocabulary), min_count=1), references)
+    tx = make_optimizer(
+        ConfigDict(
+            {
+                "learning_rate": options.learning_rate,
+                "warmup_steps": 0,
+                "num_steps": 1000,
+                "final_learning_rate_fraction": 1.0,
+                "grad_clip_norm": 5.0,
+            }
+        )
+    )
+    mesh = sharding.make_mesh()
+    state = init_state(model, tx, 0, batches[0]["image"][:1], np.zeros((1, 2), np.int32))
+    holder = [sharding.replicate(state, mesh)]
+    jitted = jit_train_step(scst.make_scst_step(model, tx, options, reward, 1e-6), mesh)
+    placed = [sharding.shard_batch(b, mesh) for b in batches]
+    reward_seconds = {"jax": [], "torch": []}
+
+    def run_jax():
+        for batch in placed:
+            holder[0], metrics = jitted(holder[0], batch)
+            reward_seconds["jax"].append(metrics["reward_seconds"])
+        return metrics["loss"]
+
+    trainer = TorchScst(feature_dim, vocabulary, references, samples=samples, max_words=words)
+    torch_placed = [
+        trainer.place({"image": b["image"], "image_id": b["image_index"]}) for b in batches
+    ]
+
+    def run_torch():
+        for placed_batch in torch_placed:
+            reward_seconds["torch"].append(trainer.step_placed(placed_batch)["reward_seconds"])
+        return 0.0
+
+    seconds = interleaved_medians({"jax": run_jax, "torch": run_torch}, args.runs)
+    label = (
+        f"vocabulary {vocab_size:,}, {feature_dim:,}-d, {images} images x {samples} samples, "
+        f"{words} words, {args.dtype}"
+    )
+    per_run = images * samples * len(batches)
+    rows = []
+    for who, title in (("jax", "SCST step"), ("torch", "SCST step, PyTorch (self-critical way)")):
+        result = row(title, label, per_run / seconds[who], "samples/s", None)
+        result["ratio"] = seconds["torch"] / seconds[who]
+        spent = float(np.sum([float(x) for x in reward_seconds[who]]))
+        steps = len(reward_seconds[who])
+        result["reward_share"] = spent / steps / (seconds[who] / len(batches))
+        rows.append(result)
+    return rows
+
+
 def bench_decode(args) -> list[dict]:
     """Greedy and beam decoding: captions per second (all --words + 1 steps counted), beside
     the reference: a batch-1 beam search in a Python loop around a jitted step of the same
@@ -358,12 +451,15 @@ def _cells(result: dict, sep: str, table: bool = False) -> str:
     every one in table cells, the known ones in a printed line."""
     padded, ratio = result.get("padded_rate"), result.get("ratio")
     flops, share = result["flops"], result.get("share_of_peak")
+    reward = result.get("reward_share")
     cells = [
         ("padded", None if padded is None else f"{padded:,.0f} positions/s"),
         ("ratio", None if ratio is None else f"{ratio:.2f}x"),
         ("flops", None if flops is None else f"{flops / 1e9:.1f} GFLOP/s"),
         ("share", None if share is None else f"{100 * share:.0f}% of peak"),
     ]
+    if reward is not None and not table:
+        cells.append(("reward", f"reward {100 * reward:.0f}% of the step"))
     if table:
         return sep + sep.join("" if text is None else text.split(" ")[0] for _, text in cells)
     return "".join(sep + text for _, text in cells if text is not None)
@@ -425,6 +521,7 @@ def main() -> None:
     rows = []
     benches = {
         "train": bench_train,
+        "scst": bench_scst,
         "decode": bench_decode,
         "retrieval": bench_retrieval,
         "encoders": bench_encoders,
@@ -450,8 +547,9 @@ def main() -> None:
         + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()),
         "",
         "Training speed counts real words (the end token included, padding not); "
-        "x reference: the speed over the reference's (PyTorch eager for training, measured "
-        "alternately in this run; the batch-1 Python-loop beam search for decoding).",
+        "x reference: the speed over the reference's (PyTorch eager for training and, for "
+        "SCST, its self-critical.pytorch-style step, measured alternately in this run; the "
+        "batch-1 Python-loop beam search for decoding).",
         "",
         "| benchmark | setting | speed | padded positions/s | x reference | "
         "GFLOP/s (matrix products) | share of peak |",
@@ -461,6 +559,11 @@ def main() -> None:
             f"{_cells(r, ' | ', table=True)} |"
             for r in rows
         ),
+    ]
+    lines += [
+        f"\n{r['name']}: the reward (CIDEr-D) is {100 * r['reward_share']:.0f}% of the step."
+        for r in rows
+        if r.get("reward_share") is not None
     ]
     table = "\n".join(lines)
     print("\n" + table)

@@ -46,7 +46,7 @@ def test_matrix_product_flops_are_counted_through_scan_grad_and_convolutions():
 def test_quick_run_prints_the_table(tmp_path):
     out = str(tmp_path / "bench.json")
     result = subprocess.run(
-        [sys.executable, SCRIPT, "--quick", "--only", "train", "retrieval", "--json", out],
+        [sys.executable, SCRIPT, "--quick", "--only", "train", "scst", "retrieval", "--json", out],
         capture_output=True,
         text=True,
         env=subprocess_env(),
@@ -58,5 +58,9 @@ def test_quick_run_prints_the_table(tmp_path):
         label = f"| {setting}: vocabulary 1,000, 256-d, batch 32, float32 |"
         assert f"| train step {label}" in result.stdout
         assert f"| train step, PyTorch eager {label}" in result.stdout
+    scst = "| vocabulary 1,000, 256-d, 16 images x 5 samples, 16 words, float32 |"
+    assert f"| SCST step {scst}" in result.stdout
+    assert f"| SCST step, PyTorch (self-critical way) {scst}" in result.stdout
+    assert "SCST step: the reward (CIDEr-D) is " in result.stdout
     assert "| 1.00x |" in result.stdout  # the reference's own row
     assert "share of peak" in result.stdout and os.path.isfile(out)
