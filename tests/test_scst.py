@@ -22,6 +22,7 @@ import mrnn_jax
 from mrnn_jax import configs, losses, run_dir
 from mrnn_jax.evaluation.rewards import CaptionRewards
 from mrnn_jax.model import MRNN
+from mrnn_jax.pages import run_page
 from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, Vocabulary
 from mrnn_jax.training import metrics_log, scst
 from mrnn_jax.training.scst import ScstOptions
@@ -280,6 +281,10 @@ def test_scst_command_logs_the_reward_and_selects_by_cider(trained):
     with open(os.path.join(path, "results.json")) as f:
         results = json.load(f)
     assert results["selected_by"]["metric"] == "val/CIDEr-D"
+    panels = run_page.curve_panels(rows, skip_splits=("test", "novel"))
+    assert list(panels)[:2] == ["loss", "reward"] and "val/CIDEr-D" in panels
+    assert set(panels["reward"]) == {"reward", "reward_baseline"}
+    assert os.path.exists(os.path.join(path, run_dir.REPORT_FILE))
     tags = _tensorboard_tags(path)
     assert {"train/reward", "train/reward_baseline"} <= tags, sorted(tags)
     before = mrnn_jax.load(os.path.join(trained, "runs", "tiny")).params

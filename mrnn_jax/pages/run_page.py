@@ -43,7 +43,8 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
 def curve_panels(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> dict[str, dict]:
     """The curves to draw, as ``{panel title: {line label: ([steps], [values])}}``.
 
-    Panels: training loss; perplexity of training and of every evaluator prefix; the
+    Panels: training loss; under SCST the reward and its baseline; perplexity of training
+    and of every evaluator prefix; the
     learning rate; then one per other evaluator scalar, scalars that differ only by a
     trailing n-gram order or K (``BLEU-1..4``, ``image R@1/5/10``) sharing a panel. Splits
     in ``skip_splits`` (the final evaluation's single points) are left out.
@@ -66,6 +67,8 @@ def curve_panels(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> di
                 continue
             if split == "train" and name == "loss":
                 add("loss", "train", step, value)
+            elif split == "train" and name in ("reward", "reward_baseline"):
+                add("reward", name, step, value)  # SCST: the sampled captions' CIDEr-D
             elif name == "perplexity":
                 add("perplexity", split, step, value)
             elif name == "learning_rate":
@@ -74,7 +77,7 @@ def curve_panels(rows: Sequence[Mapping], skip_splits: Sequence[str] = ()) -> di
                 panel = re.sub(r"(-\d|@\d+)$", "", name)
                 panel = re.sub(r"-$", "", panel)
                 add(f"{split}/{panel}", name, step, value)
-    first = ("loss", "perplexity", "learning rate")
+    first = ("loss", "reward", "perplexity", "learning rate")
     ordered = {p: panels[p] for p in first if p in panels}
     ordered.update({p: v for p, v in panels.items() if p not in first})
     return ordered
