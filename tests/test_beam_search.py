@@ -803,3 +803,23 @@ def test_sample_at_low_temperature_is_greedy(mrnn) -> None:
         )
         np.testing.assert_array_equal(np.asarray(tokens), np.asarray(greedy_tokens))
         np.testing.assert_allclose(np.asarray(log_prob), np.asarray(greedy_log_prob), atol=1e-5)
+
+
+def test_sampling_choice_draws_each_word_with_its_probability() -> None:
+    """Inverse-CDF sampling: over many rows the frequencies are the distribution's (within
+    five standard errors), banned words (probability 0) are never drawn, temperature
+    flattens, and a row's draws do not depend on the other rows of its batch."""
+    probs = np.asarray([0.0, 0.0, 0.1, 0.05, 0.45, 0.3, 0.1], np.float32)
+    rows = 40_000
+    log_probs = jnp.log(jnp.broadcast_to(jnp.asarray(probs), (rows, probs.size)))
+    choose = decode.sampling_choice(jax.random.key(0), jnp.arange(rows))
+    words = np.asarray(jax.jit(choose)(log_probs, jnp.asarray(3)))
+    counts = np.bincount(words, minlength=probs.size) / rows
+    assert counts[0] == counts[1] == 0.0
+    standard_error = np.sqrt(probs * (1 - probs) / rows)
+    assert np.all(np.abs(counts - probs) <= 5 * standard_error + 1e-12), counts
+    hot = decode.sampling_choice(jax.random.key(0), jnp.arange(rows), temperature=3.0)
+    flat = np.bincount(np.asarray(hot(log_probs, jnp.asarray(3))), minlength=probs.size) / rows
+    assert flat[4] < counts[4] - 0.05 and flat[3] > counts[3] + 0.02
+    few = decode.sampling_choice(jax.random.key(0), jnp.arange(rows)[123:130])
+    np.testing.assert_array_equal(np.asarray(few(log_probs[:7], jnp.asarray(3))), words[123:130])
