@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ import optax
 import pytest
 
 import mrnn_jax
-from mrnn_jax import configs, losses, run_dir
+from mrnn_jax import cli, configs, losses, run_dir
 from mrnn_jax.evaluation.rewards import CaptionRewards
 from mrnn_jax.model import MRNN
 from mrnn_jax.pages import run_page
@@ -250,11 +251,11 @@ def _train(cwd, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A folder holding ``runs/tiny``, trained by the real command (relative paths)."""
+def trained(tmp_path_factory, tiny_run):
+    """A folder holding ``runs/tiny``: the suite's tiny run (the tiny config's 20 steps,
+    trained by the real command), where relative paths reach it."""
     cwd = tmp_path_factory.mktemp("scst")
-    result = _train(cwd, "--workdir", os.path.join("runs", "tiny"), "train.num_steps=20")
-    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copytree(tiny_run, os.path.join(cwd, "runs", "tiny"))
     return cwd
 
 
@@ -307,25 +308,38 @@ def _tensorboard_tags(workdir: str) -> set[str]:
     return tags
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        ([], "train.objective=scst fine-tunes a trained model: give --init-from RUN"),
-        (["--init-from", "runs/none"], "no such checkpoint directory"),
-        (["--init-from", "runs/tiny", "model.word_dim=8"], "another model (model.word_dim=16"),
-        (["--init-from", "runs/tiny", "dataset.min_count=1000"], "its vocabulary (37 words)"),
-        (["--init-from", "runs/tiny", "train.scst.reward=CIDEr"], "must be a tuple of reward"),
-        (["--init-from", "runs/tiny", "train.scst.samples=0"], "train.scst.samples=0"),
-    ],
-)
-def test_bad_starting_points_and_values_are_one_line(trained, args, message):
+BAD_STARTS = [
+    ([], "train.objective=scst fine-tunes a trained model: give --init-from RUN"),
+    (["--init-from", "runs/none"], "no such checkpoint directory"),
+    (["--init-from", "runs/tiny", "model.word_dim=8"], "another model (model.word_dim=16"),
+    (["--init-from", "runs/tiny", "dataset.min_count=1000"], "its vocabulary (37 words)"),
+    (["--init-from", "runs/tiny", "train.scst.reward=CIDEr"], "must be a tuple of reward"),
+    (["--init-from", "runs/tiny", "train.scst.samples=0"], "train.scst.samples=0"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_STARTS)
+def test_bad_starting_points_and_values_are_one_line(trained, args, message, monkeypatch, capsys):
+    """Each is one line and exit status 2, and leaves no work directory behind."""
+    monkeypatch.chdir(trained)
     workdir = os.path.join("runs", "bad")
-    result = _train(trained, "--workdir", workdir, *args, *SCST_RUN)
+    argv = ["train", "--config", "tiny", "--no-progress", "--workdir", workdir]
+    assert cli.main([*argv, *args, *SCST_RUN]) == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("mrnn: error:")]
+    assert len(errors) == 1 and message in errors[0], stderr[-3000:]
+    assert not os.path.exists(os.path.join(trained, workdir))
+
+
+def test_without_a_starting_point_the_command_says_so_in_one_line(trained):
+    """The real command (a new process) without --init-from: one line, exit status 2."""
+    result = _train(trained, "--workdir", os.path.join("runs", "none"), *SCST_RUN)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("mrnn: error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
-    assert not os.path.exists(os.path.join(trained, workdir, "checkpoints"))
+    assert result.stderr.strip().splitlines() == [
+        f"mrnn: error: {BAD_STARTS[0][1]} (a work "
+        "directory of 'mrnn train', or one of its step folders)"
+    ]
 
 
 def test_one_and_two_devices_train_the_same_scst_run(trained):
