@@ -185,5 +185,6 @@ def test_the_command_line_only_parses_and_prints():
         "mrnn_jax.distributed.is_primary", "mrnn_jax.encoders.extract_features", "mrnn_jax.server",
         "mrnn_jax.limits.Limits", "mrnn_jax.training.signals.Interrupted",
         "mrnn_jax.evaluation.captioning.PHRASE_ACCURACY", "mrnn_jax.compilation_cache",
+        "mrnn_jax.logs",
     }  # fmt: skip
     assert imported <= allowed, sorted(imported - allowed)
