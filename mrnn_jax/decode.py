@@ -24,6 +24,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mrnn_jax import losses
 from mrnn_jax.errors import MrnnError
 from mrnn_jax.model import MRNN
 from mrnn_jax.text.vocab import END_ID, PAD_ID, START_ID, UNK_ID
@@ -58,13 +59,18 @@ def word_choices(log_probs: jax.Array, banned: tuple[int, ...] = NEVER_GENERATED
     return jnp.where(mask, -jnp.inf, log_probs)
 
 
-def mrnn_step_fn(model: MRNN, params: dict, image_projection: jax.Array) -> StepFn:
-    """The m-RNN as a step function; ``image_projection [N, M]`` is V_I I per hypothesis."""
+def mrnn_step_fn(
+    model: MRNN, params: dict, image_projection: jax.Array, normalise: bool = True
+) -> StepFn:
+    """The m-RNN as a step function; ``image_projection [N, M]`` is V_I I per hypothesis.
+    With ``normalise=False`` it gives the logits instead of the log-probabilities (for
+    :func:`decode_by_choice` with ``logits=True``)."""
 
     def step_fn(r_prev: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         w, r = model.apply(params, r_prev, tokens, method=MRNN.recur_step)
         logits = model.apply(params, w, r, image_projection, method=MRNN.head)
-        return jax.nn.log_softmax(logits.astype(jnp.float32)), r
+        logits = logits.astype(jnp.float32)
+        return (jax.nn.log_softmax(logits) if normalise else logits), r
 
     return step_fn
 
@@ -80,6 +86,7 @@ def decode_by_choice(
     choose: Callable[[jax.Array, jax.Array], jax.Array],
     banned: tuple[int, ...] = NEVER_GENERATED,
     with_entropy: bool = False,
+    logits: bool = False,
 ) -> tuple[jax.Array, ...]:
     """Left-to-right decoding where ``choose(log_probs, t)`` picks each next word (never one
     of ``banned``).
@@ -87,18 +94,26 @@ def decode_by_choice(
     Returns ``(tokens [B, max_words + 1], log_prob [B])``, and with ``with_entropy`` also
     the summed entropy [B] of the model's distributions at the emitted positions. As one
     ``lax.scan``, it is differentiable: ``log_prob`` is the sampled words' log-likelihood
-    under the parameters ``step_fn`` closes over (what SCST's gradient needs).
+    under the parameters ``step_fn`` closes over (what SCST's gradient needs). With
+    ``logits``, ``step_fn`` gives unnormalised logits (``choose`` must not need them
+    normalised, as argmax and :func:`sampling_choice` do not): the chosen word's
+    log-probability then comes from :func:`mrnn_jax.losses.token_nll`, whose gradient is
+    written out (the cheaper pass to differentiate).
     """
 
     def step(state, t):
         carry, previous, done, log_prob, entropy = state
-        log_probs, carry = step_fn(carry, previous)
-        word = choose(word_choices(log_probs, banned), t).astype(jnp.int32)
+        scores, carry = step_fn(carry, previous)
+        word = choose(word_choices(scores, banned), t).astype(jnp.int32)
         # After max_words words only the end token may still be emitted.
         done = done | ((t == max_words) & (word != END_ID))
-        chosen = jnp.take_along_axis(log_probs, word[:, None], axis=-1)[:, 0]
+        if logits:
+            chosen = -losses.token_nll(scores, word)
+        else:
+            chosen = jnp.take_along_axis(scores, word[:, None], axis=-1)[:, 0]
         log_prob = log_prob + jnp.where(done, 0.0, chosen)
         if with_entropy:
+            log_probs = jax.nn.log_softmax(scores) if logits else scores
             finite = jnp.where(jnp.isfinite(log_probs), log_probs, 0.0)
             here = -jnp.sum(jnp.exp(log_probs) * finite, axis=-1)
             entropy = entropy + jnp.where(done, 0.0, here)

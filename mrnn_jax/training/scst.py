@@ -153,9 +153,9 @@ def make_scst_step(
             projection = model.apply(variables, images, method=MRNN.project_image)  # once
             projection = jnp.repeat(projection, per_image, axis=0)
             r0 = model.apply(variables, count, method=MRNN.initial_carry)
-            step_fn = decode.mrnn_step_fn(model, variables, projection)
+            step_fn = decode.mrnn_step_fn(model, variables, projection, normalise=False)
             return decode.decode_by_choice(
-                step_fn, r0, count, options.max_words, choose, banned, with_entropy
+                step_fn, r0, count, options.max_words, choose, banned, with_entropy, logits=True
             )
 
         greedy_rewards, greedy_seconds = None, jnp.zeros((), jnp.float32)
