@@ -46,7 +46,7 @@ lock: $(STAMP)  ## refresh the lock to the newest versions setup.cfg allows (the
 	sed -i -e '/^# WARNING: pip install will require the following package to be hashed/,/^    # via file:/d' $(LOCK)
 
 test: lint browser  ## lint, then the test suite on both cores (715 tests; about 13 minutes on 2 CPU cores)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # The browser test drives Debian's Chromium (Playwright's own browser download is not used).
 # As root it is installed here; otherwise install the `chromium` package yourself.

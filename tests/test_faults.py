@@ -678,6 +678,8 @@ def test_scst_killed_stopped_and_run_again_equals_uninterrupted(
     reference = _start_in(cwd, os.path.join("runs", "reference"), *scst_run, env=env)
     _, stderr = reference.communicate(timeout=300)
     assert reference.returncode == 0, stderr[-3000:]
+    assert "starting from" in stderr and os.path.join("runs", "ce", "best") in stderr
+    _check_scst_run(os.path.join(cwd, "runs", "reference"), os.path.join(cwd, "runs", "ce"))
     relative = os.path.join("runs", "scst")
     workdir = os.path.join(cwd, relative)
     rng = random.Random(19)
@@ -700,6 +702,29 @@ def test_scst_killed_stopped_and_run_again_equals_uninterrupted(
     rows = _rows(workdir)
     assert any("reward" in r and "reward_baseline" in r for r in rows if r["split"] == "train")
     _assert_same_run(workdir, os.path.join(cwd, "runs", "reference"))
+
+
+def _check_scst_run(workdir: str, start: str) -> None:
+    """What an SCST run logs and selects by: reward and baseline in metrics.jsonl, TensorBoard
+    and the report's panels; val/CIDEr-D picks the best; the parameters left the start."""
+    rows = metrics_log.read_rows(os.path.join(workdir, run_dir.METRICS_FILE))
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+    for row in train_rows:
+        assert {"reward", "reward_baseline", "sample_perplexity", "reward_share"} <= set(row)
+        assert row["learning_rate"] == 5e-5
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f)["selected_by"]["metric"] == "val/CIDEr-D"
+    panels = run_page.curve_panels(rows, skip_splits=("test", "novel"))
+    assert list(panels)[:2] == ["loss", "reward"] and "val/CIDEr-D" in panels
+    assert set(panels["reward"]) == {"reward", "reward_baseline"}
+    assert os.path.exists(os.path.join(workdir, run_dir.REPORT_FILE))
+    assert {"train/reward", "train/reward_baseline"} <= set(_scalars(workdir))
+    moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(_params(start, "best"), _params(workdir, "latest"), strict=True)
+    ]
+    assert any(moved)
 
 
 def test_the_readme_resume_commands_relative_and_absolute(tmp_path):

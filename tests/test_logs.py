@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -177,6 +178,9 @@ def test_serve_starts_with_its_address_line_alone(flickr8k_run):
             said.append(line.rstrip("\n"))
             if line.startswith("mrnn serve: "):
                 break
+        # Answered before it is stopped: a signal then meets the server's own handlers.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=60) as answer:
+            assert answer.status == 200
     finally:
         process.send_signal(signal.SIGINT)
         try:
