@@ -352,7 +352,6 @@ def build_trainer(
             init_from.check_vocabulary(init, tc.init_from, vocab)
     if primary:
         files.write_json_atomic(run.config, config_json)
-    if primary:
         vocab.save(run.vocab)
     table = CaptionTable.build(splits["train"].records, vocab, config.dataset.max_words)
     inputs = splits["train"].inputs

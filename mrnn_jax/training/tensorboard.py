@@ -15,14 +15,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterable, Mapping
-
-from tensorboardX import SummaryWriter
 
 from mrnn_jax.run_dir import RunDir
 
 # Keys of a metrics.jsonl row that are not scalars.
 ROW_KEYS = ("step", "split", "time")
+
+
+def summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without importing PyTorch.
+
+    tensorboardX imports ``torch`` whenever it is installed (the project's dev environment
+    has it, for the reference benchmarks) only to accept torch tensors; that import is about
+    1.5 s of every training process's start. Scalars need none of it, so while tensorboardX
+    loads, ``import torch`` fails and it falls back to NumPy. A process that has already
+    imported torch (or tensorboardX) gets the module as it is.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class TensorBoardLog:
@@ -44,7 +64,8 @@ class TensorBoardLog:
         before = RunDir.at(self.logdir).event_files()
         # A suffix of its own: a new file never reuses (and truncates) an old file's name.
         suffix = f".{os.getpid()}.{os.urandom(4).hex()}"
-        self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30, filename_suffix=suffix)
+        writer = summary_writer_class()
+        self._writer = writer(logdir=self.logdir, flush_secs=30, filename_suffix=suffix)
         for row in rows:
             values = {k: v for k, v in row.items() if k not in ROW_KEYS}
             self.write(row["step"], row["split"], values, walltime=row.get("time"))
