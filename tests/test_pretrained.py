@@ -159,17 +159,20 @@ def _train(tmp_path, weights: str, *extra: str) -> tuple[str, dict]:
 
 
 @pytest.mark.slow
-def test_training_with_a_frozen_then_fine_tuned_resnet50(resnet_weights, tmp_path):
-    path, original = resnet_weights
-    _, frozen = _train(tmp_path, path)
-    backbone = frozen["params"]["image_encoder"]["backbone"]
-    # A frozen CNN is exactly the converted weights after training.
+def _assert_frozen(run: dict, original: dict) -> None:
+    """A frozen CNN is exactly the converted weights after training."""
+    backbone = run["params"]["image_encoder"]["backbone"]
     np.testing.assert_array_equal(backbone["conv1"]["kernel"], original["conv1"]["kernel"])
     np.testing.assert_array_equal(
         backbone["layer4_2"]["conv1"]["kernel"], original["layer4_2"]["conv1"]["kernel"]
     )
-    assert np.isfinite(frozen["results"]["splits"]["test"]["perplexity"])
+    assert np.isfinite(run["results"]["splits"]["test"]["perplexity"])
 
+
+def test_training_with_a_fine_tuned_resnet50(resnet_weights, tmp_path):
+    """Layer 4 on trains; what comes before it, and the batch-norm statistics, do not.
+    (Training with the CNN frozen: the bad-images test below.)"""
+    path, original = resnet_weights
     _, tuned = _train(tmp_path, path, "encoder.fine_tune_from=layer4", "encoder.learning_rate=0.01")
     backbone = tuned["params"]["image_encoder"]["backbone"]
     before, after = original["layer4_2"]["conv1"]["kernel"], backbone["layer4_2"]["conv1"]["kernel"]
@@ -207,6 +210,7 @@ def test_bad_images_inside_a_dataset_are_counted_not_fatal(resnet_weights, tmp_p
     fx.write_folder(str(tmp_path / "photos"), per_split=4)
     _spoil_images(str(tmp_path / "photos"))
     _, run = _train(tmp_path, resnet_weights[0])
+    _assert_frozen(run, resnet_weights[1])
     skipped = run["results"]["data"]["skipped"]
     assert skipped["images missing or empty on disk (skipped)"]["count"] == 1
     assert skipped["images missing or empty on disk (skipped)"]["examples"][0].endswith(
