@@ -207,17 +207,6 @@ def check_shapes(directory: str, step: int, abstract_params: Any) -> None:
         )
 
 
-def manager(directory: str, max_to_keep: int | None, read_only: bool = False):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=not read_only,
-        read_only=read_only,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=not read_only,  # remove what a killed save left behind
-    )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
 def find_checkpoint(path: str, which: str = "best") -> tuple[str, int]:
     """The manager directory and step to restore from ``path``: its newest step that reads
     back completely (unusable ones are warned about and moved aside, unless a running trainer
@@ -275,26 +264,27 @@ def find_checkpoint(path: str, which: str = "best") -> tuple[str, int]:
 
 def read_newest(path: str, which: str, read: Callable[[str, int], T]) -> T:
     """``read(directory, step)`` of the checkpoint :func:`find_checkpoint` names. Where a
-    running trainer replaces that step while it is read (its rotation deletes old steps),
-    the newest intact step is found and read again."""
+    running trainer saves or deletes steps of that directory while it is read (its rotation
+    deletes old steps), the newest intact step is found and read again."""
     for attempt in range(MAX_REREADS + 1):
         directory, step = find_checkpoint(path, which)
+        before = digit_steps(directory)
         try:
             return read(directory, step)
         except Exception:
-            if attempt == MAX_REREADS or not superseded(directory, step):
+            moved = superseded(directory, step) or digit_steps(directory) != before
+            if attempt == MAX_REREADS or not moved:
                 raise
             orbax_quiet.drop_leftovers()  # the abandoned read's reports
-            log.debug("%s/%d was replaced while it was read; reading the newest", directory, step)
+            log.debug("%s changed while step %d was read; reading the newest", directory, step)
     raise AssertionError("unreachable")
 
 
 def read_json_item(directory: str, step: int, item: str) -> dict:
-    """One JSON item (``config``, ``vocab`` or ``meta``) of a checkpoint."""
-    restored = manager(directory, None, read_only=True).restore(
-        step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()})
-    )
-    return restored[item]
+    """One JSON item (``config``, ``vocab`` or ``meta``) of a checkpoint. Only that step's
+    files are opened: never its neighbours, which a running trainer may be deleting."""
+    with open(os.path.join(directory, str(step), item, "metadata"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def restore_params(directory: str, step: int, abstract_params: Any) -> Any:
@@ -308,7 +298,6 @@ def restore_params(directory: str, step: int, abstract_params: Any) -> Any:
         ),
         abstract_params,
     )
-    restored = manager(directory, None, read_only=True).restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
-    )
-    return restored["params"]
+    item_dir = os.path.abspath(os.path.join(directory, str(step), "params"))
+    with ocp.StandardCheckpointer() as checkpointer:  # this step's files alone
+        return checkpointer.restore(item_dir, target)

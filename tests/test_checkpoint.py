@@ -86,3 +86,52 @@ def test_missing_or_empty_directory_is_a_clear_error(tmp_path):
         mrnn_jax.load(tmp_path / "absent")
     with pytest.raises(MrnnError, match="no checkpoint found"):
         mrnn_jax.load(tmp_path)
+
+
+def test_a_step_reads_without_touching_its_neighbours(tmp_path, monkeypatch):
+    """A reader looks only at the step it reads, never at a neighbour that a trainer's
+    rotation may delete between two looks (orbax's manager stats every step it lists)."""
+    best = tmp_path / "best"
+    best.mkdir()
+    for step in (19, 20):
+        os.symlink(os.path.join(COMMITTED, "best", "20"), best / str(step))
+    stat, neighbour, looks = os.stat, str(best / "19"), []
+
+    def watched(path, *args, **kwargs):
+        if os.fspath(path).startswith(neighbour):
+            looks.append(os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", watched)
+    captioner = mrnn_jax.load(str(best / "20"))
+    assert captioner.step == 20
+    assert checkpoint_reader.read_json_item(str(best), 20, "meta")["step"] == 20
+    assert looks == []
+
+
+def test_a_reader_starts_over_when_the_trainer_rotates_during_its_read(tmp_path):
+    """A step deleted beside the one being read (the trainer's rotation) sends the reader
+    back to the newest step; an error while nothing moved is raised."""
+    import shutil
+
+    latest = tmp_path / "run" / "checkpoints"
+    latest.mkdir(parents=True)
+    for step in (19, 20):
+        shutil.copytree(os.path.join(COMMITTED, "best", "20"), latest / str(step))
+    calls = []
+
+    def read(directory, step):
+        calls.append(step)
+        if len(calls) == 1:  # the trainer's rotation deletes step 19 while step 20 is read
+            shutil.rmtree(latest / "19")
+            raise FileNotFoundError(f"{latest / '19'}: No such file or directory")
+        return step
+
+    assert checkpoint_reader.read_newest(str(tmp_path / "run"), "latest", read) == 20
+    assert calls == [20, 20]
+
+    def fails(directory, step):
+        raise FileNotFoundError("not a rotation")
+
+    with pytest.raises(FileNotFoundError, match="not a rotation"):
+        checkpoint_reader.read_newest(str(tmp_path / "run"), "latest", fails)

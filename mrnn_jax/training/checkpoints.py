@@ -24,7 +24,6 @@ from mrnn_jax.checkpoint_reader import (
     LATEST_ITEMS,
     check_shapes,
     digit_steps,
-    manager,
     newest_intact,
     short_error,
 )
@@ -117,14 +116,25 @@ def _cause(error: BaseException) -> str:
     return short_error(error)
 
 
+def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+    """The synchronous orbax manager that saves, rotates and resumes one checkpoint folder."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,  # remove what a killed save left behind
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
 class RunCheckpoints:
     """The latest and best checkpoint managers of one work directory."""
 
     def __init__(self, workdir: str, max_to_keep: int = 2):
         self.workdir = workdir
         try:
-            self.latest = manager(os.path.join(workdir, LATEST_DIR), max_to_keep)
-            self.best = manager(os.path.join(workdir, BEST_DIR), 1)
+            self.latest = _manager(os.path.join(workdir, LATEST_DIR), max_to_keep)
+            self.best = _manager(os.path.join(workdir, BEST_DIR), 1)
         except OSError as e:
             raise MrnnError(f"{workdir}: cannot create the checkpoint folders ({_cause(e)})") from e
 
