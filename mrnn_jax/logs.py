@@ -7,7 +7,7 @@
   ``HH:MM:SS message``, written so that they do not break a progress bar;
 - the libraries' notes that say nothing to a user are silenced at their source, by the
   levels of their loggers: orbax's (it logs through absl: "Metadata file does not exist",
-  "CheckpointManagerOptions.read_only=True", "Given directory is read only") and the C++
+  and its managers' notes on their options) and the C++
   INFO lines of XLA and TensorFlow (``TF_CPP_MIN_LOG_LEVEL``, read at their first line);
   their errors still show, as ``HH:MM:SS LEVEL logger: message``;
 - ``verbose=True`` (``-v`` / ``--verbose`` on every command) brings the libraries' logs
