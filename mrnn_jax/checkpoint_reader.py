@@ -52,7 +52,8 @@ def short_error(error: BaseException) -> str:
 def _saved_tree(item_dir: str) -> Any:
     """The saved pytree's structure with each array's shape and dtype, or None where orbax
     gives no metadata (it gives none for a relative path: every path here is made absolute)."""
-    metadata = ocp.StandardCheckpointer().metadata(os.path.abspath(item_dir))
+    with orbax_quiet.quiet(), ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(os.path.abspath(item_dir))
     return getattr(getattr(metadata, "item_metadata", None), "tree", None)
 
 
@@ -64,7 +65,7 @@ def _array_tree(item_dir: str) -> Any:
     """
     item_dir = os.path.abspath(item_dir)
     tree = _saved_tree(item_dir)
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    with orbax_quiet.quiet(), ocp.PyTreeCheckpointer() as checkpointer:
         if tree is None:
             with warnings.catch_warnings():  # "Sharding info not provided": read from file
                 warnings.simplefilter("ignore", UserWarning)
@@ -299,5 +300,8 @@ def restore_params(directory: str, step: int, abstract_params: Any) -> Any:
         abstract_params,
     )
     item_dir = os.path.abspath(os.path.join(directory, str(step), "params"))
-    with ocp.StandardCheckpointer() as checkpointer:  # this step's files alone
+    # Where the read fails (a trainer's rotation deleted the step as it was read), orbax
+    # closes its event loop at once, while TensorStore's threads are still reading the other
+    # arrays: their reports come before and after the failure reaches us (orbax_quiet).
+    with orbax_quiet.quiet(), ocp.StandardCheckpointer() as checkpointer:  # this step alone
         return checkpointer.restore(item_dir, target)

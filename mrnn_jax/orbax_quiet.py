@@ -32,7 +32,7 @@ def _orbax_leftover(report: object) -> bool:
 
 
 def filter_loop_closed() -> None:
-    """Orbax runs each write in an event loop of its own; after a failed read or write,
+    """Orbax runs each read and write in an event loop of its own; after a failed one,
     TensorStore's threads still call back into that closed loop and report "Event loop is
     closed" (as unraisable exceptions, thread exceptions or through ``sys.excepthook``).
     Those reports alone are dropped; every other exception still reaches the previous hook."""
@@ -71,11 +71,17 @@ def drop_leftovers() -> None:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Orbax's own logging (absl) of a failed write silenced: the error is raised to us,
-    and the command line reports it in one line. After a failure it stays silenced, since
-    orbax's worker threads go on logging the same error until the process exits."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+    """One orbax read or write, whose failure reaches the caller as one exception (the command
+    line reports it in one line). Orbax's threads report the same failure too (absl log
+    records, asyncio's "Task exception was never retrieved", TensorStore's callbacks into the
+    closed loop), some of it before the exception reaches the caller: those reports are
+    dropped from the start, and after a failure they stay dropped, since orbax's threads go on
+    reporting until the process exits."""
+    filter_loop_closed()
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    yield  # not reached again after a failure: the loggers stay silenced
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)

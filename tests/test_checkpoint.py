@@ -135,3 +135,34 @@ def test_a_reader_starts_over_when_the_trainer_rotates_during_its_read(tmp_path)
 
     with pytest.raises(FileNotFoundError, match="not a rotation"):
         checkpoint_reader.read_newest(str(tmp_path / "run"), "latest", fails)
+
+
+def test_a_read_that_fails_midway_reports_nothing_after_it(tmp_path):
+    """A step whose data vanish while it is read (a trainer's rotation) fails that read with
+    one exception; TensorStore's threads still reading the other arrays say nothing after it
+    (they called back into orbax's closed event loop, printing tracebacks into
+    ``mrnn caption``'s output, before the failure reached the reader)."""
+    code = f"""
+import glob, os, sys, time
+import jax, numpy as np, orbax.checkpoint as ocp
+from mrnn_jax import checkpoint_reader
+params = {{f"w{{i}}": np.random.rand(256, 256).astype(np.float32) for i in range(200)}}
+abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+for step in range(3):
+    item = os.path.join({str(tmp_path)!r}, str(step), "params")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(item, params)
+    data = glob.glob(os.path.join(item, "**", "d", "*"), recursive=True)
+    os.remove(max(data, key=os.path.getsize))  # most arrays are read before this one fails
+    try:
+        checkpoint_reader.restore_params({str(tmp_path)!r}, step, abstract)
+        sys.exit("read a step whose data are gone")
+    except Exception as error:
+        print("failed:", type(error).__name__, file=sys.stderr)
+time.sleep(0.5)  # the other arrays' reads finish
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("failed: ") == 3, result.stderr[-3000:]
+    assert "Event loop is closed" not in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]

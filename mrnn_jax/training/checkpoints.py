@@ -185,12 +185,10 @@ class RunCheckpoints:
                 f"step {step}: the parameters are not finite; not saving them over the last "
                 "finite checkpoint"
             )
-        orbax_quiet.filter_loop_closed()  # before the write: its threads report as it fails
         try:
-            with orbax_quiet.quiet():  # its worker threads log a failed write's traceback
+            with orbax_quiet.quiet():  # its threads report a failed write, as it fails and after
                 self._save(manager, step, params, train_state, meta, config, vocab, best)
         except Exception as e:
-            orbax_quiet.drop_leftovers()
             if not _disk_error(e):
                 raise
             with contextlib.suppress(Exception):  # let its other writes fail before cleaning up
