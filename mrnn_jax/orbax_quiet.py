@@ -70,15 +70,17 @@ def drop_leftovers() -> None:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet(absl: bool = False) -> Iterator[None]:
     """One orbax read or write, whose failure reaches the caller as one exception (the command
-    line reports it in one line). Orbax's threads report the same failure too (absl log
-    records, asyncio's "Task exception was never retrieved", TensorStore's callbacks into the
-    closed loop), some of it before the exception reaches the caller: those reports are
-    dropped from the start, and after a failure they stay dropped, since orbax's threads go on
-    reporting until the process exits."""
+    line reports it in one line). Orbax's threads report the same failure too (asyncio's "Task
+    exception was never retrieved", TensorStore's callbacks into the closed loop), some of it
+    before the exception reaches the caller: those reports are dropped from the start, and
+    after a failure they stay dropped, since orbax's threads go on reporting until the process
+    exits. With ``absl`` (writes: their threads log a failed write's traceback there), orbax's
+    absl records are dropped too; a read's are left to the logging setup (``-v`` shows them)."""
     filter_loop_closed()
-    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
+    names = ("asyncio", "concurrent.futures", *(("absl",) if absl else ()))
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL + 1)

@@ -186,7 +186,7 @@ class RunCheckpoints:
                 "finite checkpoint"
             )
         try:
-            with orbax_quiet.quiet():  # its threads report a failed write, as it fails and after
+            with orbax_quiet.quiet(absl=True):  # its threads report a failed write
                 self._save(manager, step, params, train_state, meta, config, vocab, best)
         except Exception as e:
             if not _disk_error(e):
