@@ -45,7 +45,7 @@ lock: $(STAMP)  ## refresh the lock to the newest versions setup.cfg allows (the
 		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) setup.cfg
 	sed -i -e '/^# WARNING: pip install will require the following package to be hashed/,/^    # via file:/d' $(LOCK)
 
-test: lint browser  ## lint, then the test suite on both cores (715 tests; about 13 minutes on 2 CPU cores)
+test: lint browser  ## lint, then the test suite on both cores (about 880 tests; about 11 minutes on 2 CPU cores)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # The browser test drives Debian's Chromium (Playwright's own browser download is not used).
