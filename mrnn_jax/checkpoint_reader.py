@@ -103,13 +103,8 @@ def verify_step(step_dir: str, items: Sequence[str]) -> dict:
     try:
         for item in items:
             path = os.path.join(step_dir, item)
-            if item in JSON_ITEMS:
-                with open(os.path.join(path, "metadata"), encoding="utf-8") as f:
-                    found[item] = json.load(f)
-            else:
-                found[item] = _array_tree(path)
+            found[item] = _json_item(path) if item in JSON_ITEMS else _array_tree(path)
     except Exception as e:  # orbax and TensorStore raise many types for damaged files
-        orbax_quiet.drop_leftovers()
         raise UnusableCheckpoint(short_error(e)) from e
     if "params" in found and not _all_finite(found["params"]):
         raise UnusableCheckpoint("its parameters are not finite (the run diverged)")
@@ -276,7 +271,6 @@ def read_newest(path: str, which: str, read: Callable[[str, int], T]) -> T:
             moved = superseded(directory, step) or digit_steps(directory) != before
             if attempt == MAX_REREADS or not moved:
                 raise
-            orbax_quiet.drop_leftovers()  # the abandoned read's reports
             log.debug("%s changed while step %d was read; reading the newest", directory, step)
     raise AssertionError("unreachable")
 
@@ -284,7 +278,11 @@ def read_newest(path: str, which: str, read: Callable[[str, int], T]) -> T:
 def read_json_item(directory: str, step: int, item: str) -> dict:
     """One JSON item (``config``, ``vocab`` or ``meta``) of a checkpoint. Only that step's
     files are opened: never its neighbours, which a running trainer may be deleting."""
-    with open(os.path.join(directory, str(step), item, "metadata"), encoding="utf-8") as f:
+    return _json_item(os.path.join(directory, str(step), item))
+
+
+def _json_item(item_dir: str) -> dict:
+    with open(os.path.join(item_dir, "metadata"), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -300,8 +298,5 @@ def restore_params(directory: str, step: int, abstract_params: Any) -> Any:
         abstract_params,
     )
     item_dir = os.path.abspath(os.path.join(directory, str(step), "params"))
-    # Where the read fails (a trainer's rotation deleted the step as it was read), orbax
-    # closes its event loop at once, while TensorStore's threads are still reading the other
-    # arrays: their reports come before and after the failure reaches us (orbax_quiet).
     with orbax_quiet.quiet(), ocp.StandardCheckpointer() as checkpointer:  # this step alone
         return checkpointer.restore(item_dir, target)
